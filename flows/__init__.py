@@ -1,0 +1,18 @@
+"""Prefect flows of synthface, one per DVC stage; `python -m flows <stage>` runs one.
+
+Importing this package points Prefect at a project-local home (an ephemeral server on SQLite under
+.prefect/, analytics off) before prefect itself is imported, so every run works offline.
+"""
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_home = Path(os.environ.get("SYNTHFACE_PREFECT_HOME", ROOT / ".prefect"))
+os.environ.setdefault("PREFECT_HOME", str(_home))
+os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(_home / "storage"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+os.environ.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{_home / 'prefect.db'}")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")

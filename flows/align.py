@@ -1,0 +1,102 @@
+"""align stage: LFW zip -> aligned 112x112 faces in WebDataset shards + manifest + rejects + eval pairs.
+
+    python -m flows align            # reads params.yaml [data, align], writes artifacts/align/
+
+Work is fanned out over chunks of input images as Prefect tasks keyed by content (zip digest, members,
+params, code version), so a crashed run redoes only the chunks it had not finished.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+
+from tasks import lfw
+from tasks.align import align_items, make_detector
+from tasks.io import write_json, write_parquet
+from tasks.shards import write_shards
+
+from . import ROOT
+from .caching import content_key
+from .common import RunRecord, device, params, stage_dir
+
+_DETECTORS: dict = {}
+
+
+@task(cache_key_fn=content_key, persist_result=True, retries=1)
+def align_chunk(zip_sha256: str, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
+    """members: [key, zip member, meta]; zip_sha256 stands for the (already verified) archive bytes."""
+    zdir = ROOT / params()["data"]["dir"]
+    zf = lfw.ZipImages(zdir / lfw.ZIP_NAME)
+    det = _DETECTORS.setdefault((p["detector"], p["weights_dir"]), make_detector(p["detector"], ROOT / p["weights_dir"], device()))
+    items = []
+    for key, member, meta in members:
+        try:
+            raw = zf.read(member)
+        except (FileNotFoundError, OSError) as e:
+            raw, meta = b"", {**meta, "read_error": str(e)}
+        items.append((key, member, raw, meta))
+    return align_items(items, det, p)
+
+
+@flow(name="align")
+def align_flow(params_path: str = "params.yaml") -> dict:
+    log = get_run_logger()
+    allp = params(params_path)
+    p, data = allp["align"], allp["data"]
+    data_dir = ROOT / data["dir"]
+    lfw.verify(data, data_dir)
+    out = stage_dir("align")
+    rec = RunRecord("align", p, out, {"lfw_zip": data_dir / lfw.ZIP_NAME})
+    train, pairs = lfw.select(data_dir / "people.txt", data_dir / "pairs.txt", p)
+    fold_of = {}
+    for _, name, f in train:
+        fold_of[name] = f
+    for q in pairs:
+        fold_of[q.name_a] = fold_of[q.name_b] = q.fold
+    key_of = lambda member: Path(member).stem.replace(".", "_")  # noqa: E731  (no dots in WebDataset keys)
+    eval_members = sorted({lfw.image_path(q.name_a, q.idx_a) for q in pairs} | {lfw.image_path(q.name_b, q.idx_b) for q in pairs})
+    members = [[key_of(m), m, {"split": "train", "identity": n, "fold": f}] for m, n, f in train]
+    members += [[key_of(m), m, {"split": "eval", "identity": Path(m).parent.name, "fold": fold_of[Path(m).parent.name]}]
+                for m in eval_members]
+    if len({m[0] for m in members}) != len(members):
+        raise ValueError("align: two inputs map to the same sample key")
+    chunks = [members[i:i + p["chunk_size"]] for i in range(0, len(members), p["chunk_size"])]
+    log.warning(f"align: {len(members)} images ({len(train)} train, {len(eval_members)} eval) in {len(chunks)} chunks")
+    accepted, rejected = [], []
+    for i, c in enumerate(chunks):
+        a, r = align_chunk(data["sha256"][lfw.ZIP_NAME], c, p)
+        accepted += a
+        rejected += r
+        log.warning(f"align: chunk {i + 1}/{len(chunks)} done, {len(accepted)} accepted, {len(rejected)} rejected")
+    # labels: contiguous ints over training identities that kept at least one image
+    train_ids = sorted({a["identity"] for a in accepted if a["split"] == "train"})
+    label = {n: i for i, n in enumerate(train_ids)}
+    rows, shards = [], []
+    for split in ("train", "eval"):
+        recs = sorted((a for a in accepted if a["split"] == split), key=lambda a: a["key"])
+        samples = [{"__key__": a["key"], "jpg": a["jpg"], "cls": label.get(a["identity"], -1),
+                    "json": {k: v for k, v in a.items() if k != "jpg"}} for a in recs]
+        infos = write_shards(samples, out, f"faces-{split}", p["shard_size"])
+        shards += infos
+        shard_names = [i["shard"] for i in infos for _ in range(i["count"])]
+        for a, shard in zip(recs, shard_names):
+            rows.append({**{k: v for k, v in a.items() if k != "jpg"}, "label": label.get(a["identity"], -1), "shard": shard})
+    manifest = pd.DataFrame(rows)
+    write_parquet(out / "manifest.parquet", manifest)
+    write_parquet(out / "rejects.parquet", pd.DataFrame(rejected, columns=sorted({"key", "source", "reason", "split", "identity", "fold"} | {k for r in rejected for k in r})))
+    ok = set(manifest["key"])
+    prs = [{"fold": q.fold, "key_a": key_of(lfw.image_path(q.name_a, q.idx_a)), "key_b": key_of(lfw.image_path(q.name_b, q.idx_b)),
+            "issame": q.issame} for q in pairs]
+    kept = [r for r in prs if r["key_a"] in ok and r["key_b"] in ok]
+    write_parquet(out / "eval_pairs.parquet", pd.DataFrame(kept, columns=["fold", "key_a", "key_b", "issame"]))
+    counts = {"inputs": len(members), "accepted": len(accepted), "rejected": len(rejected),
+              "train_images": int((manifest["split"] == "train").sum()), "train_identities": len(train_ids),
+              "eval_images": int((manifest["split"] == "eval").sum()), "eval_pairs": len(kept),
+              "eval_pairs_dropped": len(prs) - len(kept),
+              "reject_reasons": pd.Series([r["reason"] for r in rejected], dtype=str).value_counts().to_dict()}
+    assert counts["accepted"] + counts["rejected"] == counts["inputs"], "align lost an input"
+    write_json(out / "counts.json", counts)
+    log.warning(f"align: {counts}")
+    return rec.finish(counts=counts, shards=shards)

@@ -1,0 +1,49 @@
+"""Shared pieces of the stage flows: params loading, run metadata, the task runner, device choice."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from tasks.io import write_json
+from tasks.params import load_params, params_hash
+
+from . import ROOT
+from .caching import code_version, digest
+
+
+def device() -> str:
+    return os.environ.get("SYNTHFACE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def params(path: str | Path = "params.yaml") -> dict:
+    return load_params(path)
+
+
+class RunRecord:
+    """Collects what a stage did and writes it as run.json beside its outputs (feeds the dataset card)."""
+
+    def __init__(self, stage: str, section: dict, out_dir: Path, inputs: dict[str, Path]):
+        self.out_dir = Path(out_dir)
+        self.t0 = time.time()
+        self.info = {
+            "stage": stage, "params": section, "params_hash": params_hash(section), "code_version": code_version(),
+            "inputs": {k: digest(Path(v)) for k, v in inputs.items()},
+            "device": device(), "torch": torch.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def finish(self, **results) -> dict:
+        self.info.update(results)
+        self.info["seconds"] = round(time.time() - self.t0, 2)
+        write_json(self.out_dir / "run.json", self.info)
+        return self.info
+
+
+def stage_dir(name: str) -> Path:
+    d = ROOT / "artifacts" / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d

@@ -1,0 +1,71 @@
+"""sample stage: anchors -> identity embeddings -> images, fanned out over blocks of identities.
+
+    python -m flows sample    # params [sample]; artifacts/{generator,encoder} -> artifacts/sample
+
+Each block is a Prefect task whose cache key is the content of the generator and encoder files, the
+params and the block's identities; a rerun after a crash renders only the blocks it had not finished.
+Outputs: block-NNNNNN.tar (png + json + cls per image), plan.parquet, anchors.npy, embeddings.npy.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+
+from models.id3 import ID3Pipeline
+from tasks.encoder import load_encoder
+from tasks.io import write_npy, write_parquet
+from tasks.sample import plan_identities, render_block
+from tasks.shards import write_tar
+
+from . import ROOT
+from .caching import content_key
+from .common import RunRecord, device, params, stage_dir
+
+_MODELS: dict = {}
+
+
+def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool):
+    key = (str(pipeline_dir), str(encoder_dir))
+    if key not in _MODELS:
+        _MODELS[key] = (ID3Pipeline.from_pretrained(pipeline_dir), load_encoder(encoder_dir, device()) if need_encoder else None)
+    return _MODELS[key]
+
+
+@task(cache_key_fn=content_key, persist_result=True, retries=1)
+def sample_block(pipeline_dir: Path, encoder_dir: Path, embeddings_file: Path, plan_file: Path,
+                 identities: list[int], p: dict) -> list[dict]:
+    """Render one block; the key covers the bytes of the generator, encoder and plan files."""
+    pipe, enc = _models(pipeline_dir, encoder_dir, p["id_weight"] > 0)
+    plan = {"embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
+    return render_block(pipe, enc, plan, identities, p, device())
+
+
+@flow(name="sample")
+def sample_flow(params_path: str = "params.yaml") -> dict:
+    log = get_run_logger()
+    p = params(params_path)["sample"]
+    gen, enc = ROOT / "artifacts" / "generator", ROOT / "artifacts" / "encoder"
+    out = stage_dir("sample")
+    rec = RunRecord("sample", p, out, {"generator": gen, "encoder": enc})
+    plan = plan_identities(dict(np.load(gen / "real_stats.npz")), p)
+    ids = list(range(p["num_identities"]))
+    blocks = [ids[i:i + p["block_size"]] for i in range(0, len(ids), p["block_size"])]
+    block_of = {i: b for b, blk in enumerate(blocks) for i in blk}
+    # the plan is written first: blocks read it, and their cache keys hash its bytes
+    write_npy(out / "anchors.npy", plan["anchors"])
+    write_npy(out / "embeddings.npy", plan["embeddings"])
+    write_parquet(out / "plan.parquet", pd.DataFrame([{**r, "block": f"block-{block_of[r['identity']]:06d}.tar"} for r in plan["rows"]]))
+    t0, done, total = time.time(), 0, len(plan["rows"])
+    for b, block in enumerate(blocks):
+        samples = sample_block(gen / "pipeline", enc, out / "embeddings.npy", out / "plan.parquet", block, p)
+        write_tar(out / f"block-{b:06d}.tar", ({"__key__": s["key"], "png": s["png"], "cls": s["identity"],
+                                                 "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
+                                                for s in samples))
+        done += len(samples)
+        rate = done / (time.time() - t0)
+        log.warning(f"sample: block {b + 1}/{len(blocks)}, {done}/{total} images, {rate:.2f} img/s, ETA {(total - done) / max(rate, 1e-9):.0f}s")
+    return rec.finish(images=len(plan["rows"]), blocks=len(blocks), anchor_stats=plan["anchor_stats"])

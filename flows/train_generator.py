@@ -1,0 +1,57 @@
+"""train_generator stage: the identity-conditioned diffusion generator (generator.method; ID3 now).
+
+    python -m flows train-generator   # params [generator]; artifacts/{align,encoder} -> artifacts/generator
+
+Writes artifacts/generator/pipeline (diffusers format: `ID3Pipeline.from_pretrained`) and
+real_stats.npz (real identity embeddings, labels and the pose pool that sampling draws from).
+Checkpoints go to artifacts/generator_ckpt (kept between runs), so a killed run resumes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+
+from tasks.encoder import load_encoder
+from tasks.io import atomic_path
+from tasks.train_generator import build_pipeline, real_embeddings, train_id3
+
+from . import ROOT
+from .caching import content_key
+from .common import RunRecord, device, params, stage_dir
+
+
+@task(cache_key_fn=content_key, persist_result=True)
+def train_generator_task(shards: list, encoder_dir, manifest, p: dict) -> tuple[dict, dict, dict]:
+    log = get_run_logger()
+    dev = device()
+    enc = load_encoder(encoder_dir, dev)
+    m = pd.read_parquet(manifest)
+    m = m[m["split"] == "train"]
+    keys, labels, embs = real_embeddings(enc, shards, p["resolution"], dev)
+    emb_of = dict(zip(keys, embs))
+    attr_of = {k: np.array([y, pi, r], np.float32) for k, y, pi, r in zip(m["key"], m["yaw"], m["pitch"], m["roll"])}
+    pipe, stats = train_id3(shards, emb_of, attr_of, len(m), enc, p, ROOT / "artifacts" / "generator_ckpt", dev, log.warning)
+    real = {"embeddings": embs, "labels": labels, "attributes": np.stack([attr_of[k] for k in keys])}
+    return {"unet": pipe.unet.state_dict(), "conditioner": pipe.conditioner.state_dict()}, real, stats
+
+
+@flow(name="train_generator")
+def train_generator_flow(params_path: str = "params.yaml") -> dict:
+    p = params(params_path)["generator"]
+    align, enc_dir = ROOT / "artifacts" / "align", ROOT / "artifacts" / "encoder"
+    out = stage_dir("generator")
+    m = pd.read_parquet(align / "manifest.parquet")
+    shards = sorted(align / s for s in m[m["split"] == "train"]["shard"].unique())
+    rec = RunRecord("train_generator", p, out, {"manifest": align / "manifest.parquet", "encoder": enc_dir,
+                                                **{s.name: s for s in shards}})
+    states, real, stats = train_generator_task(shards, enc_dir, align / "manifest.parquet", p)
+    pipe = build_pipeline(p, real["embeddings"].shape[1])
+    pipe.unet.load_state_dict(states["unet"])
+    pipe.conditioner.load_state_dict(states["conditioner"])
+    pipe.save_pretrained(out / "pipeline")
+    with atomic_path(out / "real_stats.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **real)
+    return rec.finish(training=stats, num_parameters={"unet": sum(x.numel() for x in pipe.unet.parameters()),
+                                                      "conditioner": sum(x.numel() for x in pipe.conditioner.parameters())})

@@ -1,0 +1,160 @@
+"""ID3 generator parts: the identity+attribute conditioner, the ID-preserving loss and sampler.
+
+METHODS.md section 1. The denoiser is a diffusers `UNet2DConditionModel`; `ID3Conditioner` maps
+[identity embedding y, attributes s] through a 3-layer MLP to one cross-attention token and holds the
+learned null token used for condition dropout and classifier-free guidance. `ID3Pipeline` bundles
+unet + conditioner + scheduler in diffusers format, so outside the DAG a user can do:
+
+    pipe = ID3Pipeline.from_pretrained("artifacts/generator")
+    images = pipe(embeddings, attributes, seeds=[...], num_inference_steps=20)   # N x 3 x H x W in [-1, 1]
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, ModelMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from torch import nn
+from torch.nn import functional as F
+
+
+class ID3Conditioner(ModelMixin, ConfigMixin):
+    """[y, s] -> Linear-ReLU-Linear-ReLU-Linear -> one context token; plus a learned null token."""
+
+    @register_to_config
+    def __init__(self, embedding_dim: int = 512, attribute_dim: int = 3, hidden_dims: Sequence[int] = (512, 256, 768)):
+        super().__init__()
+        dims = [embedding_dim + attribute_dim, *hidden_dims]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                layers.append(nn.ReLU())
+        self.mlp = nn.Sequential(*layers)
+        self.null_token = nn.Parameter(torch.zeros(1, 1, hidden_dims[-1]))
+
+    @property
+    def context_dim(self) -> int:
+        return self.config.hidden_dims[-1]
+
+    def forward(self, y: torch.Tensor, s: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Return N x 1 x context_dim; rows where `drop` is True get the null token."""
+        ctx = self.mlp(torch.cat([y, s], dim=1))[:, None, :]
+        if drop is not None:
+            ctx = torch.where(drop[:, None, None], self.null_token.to(ctx.dtype).expand_as(ctx), ctx)
+        return ctx
+
+    def null(self, n: int) -> torch.Tensor:
+        return self.null_token.expand(n, -1, -1)
+
+
+def logistic_weight(t: torch.Tensor, T: int) -> torch.Tensor:
+    """lambda_t = kappa_t = 0.5 * (1 - sigmoid(-t/T)): the default ID3 time schedule."""
+    return 0.5 * (1 - torch.sigmoid(-t.float() / T))
+
+
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    ab = alpha_bar.view(-1, 1, 1, 1)
+    return ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+
+
+def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor], torch.Tensor], scheduler,
+             x0: torch.Tensor, y: torch.Tensor, s: torch.Tensor, generator: torch.Generator | None = None,
+             cond_drop: float = 0.1, lambda_scale: float = 1.0, kappa_scale: float = 1.0) -> dict:
+    """The three-term ID-preserving loss. `encoder` maps images in [-1, 1] to L2-normalised embeddings
+    and must be frozen (its parameters need no grad); gradients still flow through it to x0_hat."""
+    n = x0.shape[0]
+    T = scheduler.config.num_train_timesteps
+    dev = x0.device
+    t = torch.randint(0, T, (n,), generator=generator, device="cpu").to(dev)
+    eps = torch.randn(x0.shape, generator=generator, device="cpu").to(dev, x0.dtype)
+    x_t = scheduler.add_noise(x0, eps, t)
+    drop = torch.rand(n, generator=generator, device="cpu").to(dev) < cond_drop
+    ctx = conditioner(y, s, drop)
+    eps_hat = unet(x_t, t, encoder_hidden_states=ctx).sample
+    mse = F.mse_loss(eps_hat, eps)
+    alpha_bar = scheduler.alphas_cumprod.to(dev)[t]
+    x0_hat = predict_x0(x_t, eps_hat, alpha_bar)
+    w = logistic_weight(t + 1, T)  # t is 0-based in diffusers; METHODS uses 1..T
+    rec = ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    keep = (~drop).float()  # the identity terms only make sense where the condition was given
+    idsim = (encoder(x0_hat) * y).sum(1)
+    loss = mse + (lambda_scale * w * rec).mean() - (kappa_scale * w * idsim * keep).sum() / keep.sum().clamp(min=1)
+    return {"loss": loss, "mse": mse.detach(), "rec": rec.mean().detach(), "id": (idsim * keep).sum().detach() / keep.sum().clamp(min=1)}
+
+
+def make_scheduler(kind: str, config: dict):
+    """DDIM or DPM-Solver++ from the training (DDPM) scheduler config."""
+    if kind == "ddim":
+        return DDIMScheduler.from_config(config, clip_sample=True, set_alpha_to_one=False)
+    if kind == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"unknown sampler {kind!r}: use 'ddim' or 'dpmsolver++'")
+
+
+def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Per-image noise from per-image seeds: an image never depends on its batch position."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s: torch.Tensor, seeds: Sequence[int],
+               num_inference_steps: int = 20, guidance_scale: float = 1.0, id_weight: float = 0.0,
+               beta: float = 0.0, encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               others: torch.Tensor | None = None) -> torch.Tensor:
+    """ID-preserving sampling with the adjusted gradient field.
+
+    eps~ = eps - id_weight * sqrt(1 - alpha_bar_t) * grad_x_t [<y, f(x0_hat)> - beta * max_j <y_j, f(x0_hat)>]
+    `others` (M x D) are the other identities for the reversed term; the target is excluded by cosine > 0.999.
+    """
+    dev = next(unet.parameters()).device
+    size = unet.config.sample_size
+    x = initial_noise(seeds, (unet.config.in_channels, size, size)).to(dev)
+    y, s = y.to(dev), s.to(dev)
+    scheduler.set_timesteps(num_inference_steps)
+    x = x * scheduler.init_noise_sigma
+    with torch.no_grad():
+        ctx = conditioner(y, s)
+        null = conditioner.null(len(seeds)).to(ctx.dtype)
+    if id_weight and encoder is None:
+        raise ValueError("id_weight > 0 needs an identity encoder")
+    alphas = scheduler.alphas_cumprod.to(dev)
+    for t in scheduler.timesteps:
+        tt = torch.full((x.shape[0],), int(t), device=dev, dtype=torch.long)
+        with torch.set_grad_enabled(bool(id_weight)):
+            x_in = x.detach().requires_grad_(bool(id_weight))
+            if guidance_scale != 1.0:
+                both = unet(torch.cat([x_in, x_in]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([ctx, null])).sample
+                eps_c, eps_u = both.chunk(2)
+                eps = eps_u + guidance_scale * (eps_c - eps_u)
+            else:
+                eps = unet(x_in, tt, encoder_hidden_states=ctx).sample
+            if id_weight:
+                ab = alphas[tt]
+                emb = encoder(predict_x0(x_in, eps, ab))
+                score = (emb * y).sum(1)
+                if beta and others is not None and len(others):
+                    sims = emb @ others.to(dev).T
+                    sims = sims.masked_fill((y @ others.to(dev).T) > 0.999, -math.inf)
+                    score = score - beta * sims.max(1).values.clamp(min=-1)
+                grad = torch.autograd.grad(score.sum(), x_in)[0]
+                eps = eps.detach() - id_weight * (1 - ab).sqrt().view(-1, 1, 1, 1) * grad
+        x = scheduler.step(eps.detach(), t, x).prev_sample
+    return x.clamp(-1, 1)
+
+
+class ID3Pipeline(DiffusionPipeline):
+    """unet + conditioner + scheduler, saved and loaded with save_pretrained / from_pretrained."""
+
+    def __init__(self, unet, conditioner: ID3Conditioner, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, conditioner=conditioner, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(self, embeddings: torch.Tensor, attributes: torch.Tensor, seeds: Sequence[int],
+                 num_inference_steps: int = 20, sampler: str = "ddim", guidance_scale: float = 1.0,
+                 id_weight: float = 0.0, beta: float = 0.0, encoder=None, others=None) -> torch.Tensor:
+        sched = make_scheduler(sampler, self.scheduler.config)
+        return id3_sample(self.unet, self.conditioner, sched, F.normalize(embeddings, dim=1), attributes, seeds,
+                          num_inference_steps, guidance_scale, id_weight, beta, encoder, others)

@@ -1,0 +1,1 @@
+"""Stage logic of synthface as plain functions (no prefect, no dvc): flows/ wraps them as Prefect tasks."""

@@ -1,0 +1,202 @@
+"""Face detection, 5 landmarks and similarity warp to the 112x112 ArcFace template.
+
+Detectors: MTCNN (weights inside the facenet-pytorch wheel) or facexlib RetinaFace (needs
+`detection_Resnet50_Final.pth` in `align.weights_dir`; nothing is downloaded). Every input ends either
+accepted (an aligned JPEG plus its record) or rejected with a reason; nothing raises for bad images.
+
+    det = make_detector("mtcnn")
+    accepted, rejected = align_items([(key, source, raw_bytes, meta), ...], det, params["align"])
+"""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .io import sha256_bytes
+
+# insightface's ArcFace template for 112x112 crops: left eye, right eye, nose, left/right mouth corner
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+RETINAFACE_WEIGHTS = "detection_Resnet50_Final.pth"
+
+
+class MTCNNDetector:
+    name = "mtcnn"
+
+    def __init__(self, device: str = "cpu"):
+        from facenet_pytorch import MTCNN  # weights ship inside the wheel
+        self.net = MTCNN(keep_all=True, device=device, post_process=False)
+
+    def detect(self, images: list[np.ndarray]) -> list[list[tuple[np.ndarray, float, np.ndarray]]]:
+        """images: HxWx3 uint8 RGB of one size -> per image a list of (box[4], score, landmarks[5,2])."""
+        with torch.inference_mode():
+            boxes, probs, points = self.net.detect(np.stack(images), landmarks=True)
+        out = []
+        for b, p, pts in zip(boxes, probs, points):
+            if b is None:
+                out.append([])
+            else:
+                out.append([(np.asarray(bb, float), float(pp), np.asarray(pt, float)) for bb, pp, pt in zip(b, p, pts)])
+        return out
+
+
+class RetinaFaceDetector:
+    name = "retinaface"
+
+    def __init__(self, weights_dir: str | Path, device: str = "cpu"):
+        path = Path(weights_dir) / RETINAFACE_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: RetinaFace weights not found (put facexlib's {RETINAFACE_WEIGHTS} "
+                                    f"in align.weights_dir, or use align.detector: mtcnn)")
+        from facexlib.detection.retinaface import RetinaFace
+        self.net = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        self.net.load_state_dict(state, strict=True)
+        self.net.eval()
+
+    def detect(self, images):
+        out = []
+        for im in images:
+            with torch.inference_mode():
+                dets = self.net.detect_faces(im[:, :, ::-1].copy(), conf_threshold=0.5)  # facexlib wants BGR
+            out.append([(d[:4].astype(float), float(d[4]), d[5:15].reshape(5, 2).astype(float)) for d in dets])
+        return out
+
+
+def make_detector(kind: str, weights_dir: str | Path = "weights", device: str = "cpu"):
+    if kind == "mtcnn":
+        return MTCNNDetector(device)
+    if kind == "retinaface":
+        return RetinaFaceDetector(weights_dir, device)
+    raise ValueError(f"align.detector: unknown detector {kind!r}")
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama, no reflection) mapping src points onto dst; 2x3 matrix."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s_c, d_c = src - mu_s, dst - mu_d
+    cov = d_c.T @ s_c / len(src)
+    U, S, Vt = np.linalg.svd(cov)
+    D = np.diag([1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = U @ D @ Vt
+    scale = np.trace(np.diag(S) @ D) / s_c.var(0).sum()
+    t = mu_d - scale * R @ mu_s
+    return np.hstack([scale * R, t[:, None]])
+
+
+def warp(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    M = similarity_transform(landmarks, ARCFACE_TEMPLATE * (size / 112.0))
+    return cv2.warpAffine(image, M, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+def pose_from_landmarks(lm: np.ndarray) -> tuple[float, float, float]:
+    """Rough head pose (yaw, pitch, roll) in [-1, 1] from 5 landmarks: a geometric approximation
+    (nose offset from the eye midline for yaw, nose height between eyes and mouth for pitch,
+    eye-line angle for roll); +-1 is about a half-profile / strong tilt."""
+    le, re_, nose, lm_, rm = lm
+    roll = math.atan2(re_[1] - le[1], re_[0] - le[0])
+    c, s = math.cos(-roll), math.sin(-roll)
+    R = np.array([[c, -s], [s, c]])
+    p = (lm - le) @ R.T  # de-rolled, left eye at origin
+    iod = max(p[1, 0], 1e-6)
+    eye_mid = (p[0] + p[1]) / 2
+    mouth_mid = (p[3] + p[4]) / 2
+    yaw = (p[2, 0] - eye_mid[0]) / iod / 0.5
+    span = max(mouth_mid[1] - eye_mid[1], 1e-6)
+    pitch = ((p[2, 1] - eye_mid[1]) / span - 0.5) / 0.25
+    return (float(np.clip(yaw, -1, 1)), float(np.clip(pitch, -1, 1)), float(np.clip(roll / (math.pi / 4), -1, 1)))
+
+
+def decode(raw: bytes) -> tuple[np.ndarray | None, str, str]:
+    """bytes -> (RGB uint8 array, source mode, '') or (None, '', reason)."""
+    if not raw:
+        return None, "", "empty file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(raw))
+            mode = im.mode
+            im.load()
+            im = ImageOps.exif_transpose(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return None, "", f"decompression bomb: {e}"
+    except UnidentifiedImageError:
+        return None, "", "not a decodable image"
+    except (OSError, SyntaxError, ValueError) as e:
+        return None, "", f"unreadable image: {e}"
+    if min(im.size) < 16:
+        return None, mode, f"image too small ({im.size[0]}x{im.size[1]})"
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        bg = Image.new("RGB", im.size, (255, 255, 255))  # composite transparency on white
+        im = Image.alpha_composite(bg.convert("RGBA"), im.convert("RGBA"))
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(arr / max(arr.max(), 1) * 255, 0, 255).astype(np.uint8))
+    return np.asarray(im.convert("RGB")), mode, ""
+
+
+def pick_face(faces, shape, min_score: float):
+    """The confident face nearest the image centre (LFW-style photos are centred on their subject)."""
+    h, w = shape[:2]
+    good = [f for f in faces if f[1] >= min_score]
+    if not good:
+        return None
+    return min(good, key=lambda f: ((f[0][0] + f[0][2]) / 2 - w / 2) ** 2 + ((f[0][1] + f[0][3]) / 2 - h / 2) ** 2)
+
+
+def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def align_items(items: list[tuple[str, str, bytes, dict]], detector, p: dict) -> tuple[list[dict], list[dict]]:
+    """Align (key, source, raw bytes, meta) items; returns (accepted records with 'jpg' bytes, rejects)."""
+    accepted, rejected, decoded = [], [], []
+    for key, source, raw, meta in items:
+        arr, mode, reason = decode(raw)
+        if arr is None:
+            rejected.append({"key": key, "source": source, "reason": reason, **meta})
+        else:
+            decoded.append((key, source, arr, mode, meta))
+    # batch images of equal size through the detector
+    by_size: dict[tuple, list] = {}
+    for d in decoded:
+        by_size.setdefault(d[2].shape, []).append(d)
+    results = {}
+    for group in by_size.values():
+        for i in range(0, len(group), p["batch_size"]):
+            part = group[i:i + p["batch_size"]]
+            try:
+                faces = detector.detect([d[2] for d in part])
+            except Exception as e:  # a detector failure on one batch must not stop the stage
+                faces = [RuntimeError(f"detector error: {e}")] * len(part)
+            for d, f in zip(part, faces):
+                results[d[0]] = f
+    for key, source, arr, mode, meta in decoded:
+        faces = results[key]
+        if isinstance(faces, Exception):
+            rejected.append({"key": key, "source": source, "reason": str(faces), **meta})
+            continue
+        face = pick_face(faces, arr.shape, p["min_score"])
+        if face is None:
+            best = max((f[1] for f in faces), default=None)
+            reason = "no face detected" if best is None else f"no face above min_score (best {best:.3f})"
+            rejected.append({"key": key, "source": source, "reason": reason, **meta})
+            continue
+        box, score, lm = face
+        crop = warp(arr, lm, p["output_size"])
+        jpg = encode_jpeg(crop, p["jpeg_quality"])
+        yaw, pitch, roll = pose_from_landmarks(lm)
+        accepted.append({"key": key, "source": source, "source_mode": mode, "score": score,
+                         "box": [float(v) for v in box], "landmarks": [float(v) for v in lm.ravel()],
+                         "yaw": yaw, "pitch": pitch, "roll": roll, "sha256": sha256_bytes(jpg), "jpg": jpg, **meta})
+    return accepted, rejected

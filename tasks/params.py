@@ -1,0 +1,145 @@
+"""Load and validate params.yaml: wrong types, out-of-range values and unknown keys stop with the key named.
+
+    python -m flows params --dry-run      # prints the resolved configuration and its hash
+    p = load_params("params.yaml")        # dict; raises ParamsError("sample.num_identities: ...")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    pass
+
+
+class Spec:
+    def __init__(self, kind, lo=None, hi=None, choices=None, item=None, optional=False):
+        self.kind, self.lo, self.hi, self.choices, self.item, self.optional = kind, lo, hi, choices, item, optional
+
+    def check(self, key: str, v):
+        if v is None:
+            if self.optional:
+                return None
+            raise ParamsError(f"{key}: a value is required")
+        if self.kind is list:
+            if not isinstance(v, list):
+                raise ParamsError(f"{key}: expected a list, got {type(v).__name__} {v!r}")
+            return [self.item.check(f"{key}[{i}]", x) for i, x in enumerate(v)]
+        if self.kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if self.kind is dict:
+            if not isinstance(v, dict):
+                raise ParamsError(f"{key}: expected a mapping, got {v!r}")
+            return {str(k): self.item.check(f"{key}.{k}", x) for k, x in v.items()}
+        if not isinstance(v, self.kind) or (self.kind is int and isinstance(v, bool)):
+            raise ParamsError(f"{key}: expected {self.kind.__name__}, got {type(v).__name__} {v!r}")
+        if self.choices is not None and v not in self.choices:
+            raise ParamsError(f"{key}: {v!r} is not one of {list(self.choices)}")
+        if self.lo is not None and v < self.lo:
+            raise ParamsError(f"{key}: {v!r} is below the minimum {self.lo}")
+        if self.hi is not None and v > self.hi:
+            raise ParamsError(f"{key}: {v!r} is above the maximum {self.hi}")
+        return v
+
+
+def I(lo=None, hi=None, optional=False):  # noqa: E743
+    return Spec(int, lo, hi, optional=optional)
+
+
+def F(lo=None, hi=None, optional=False):
+    return Spec(float, lo, hi, optional=optional)
+
+
+def S(choices=None, optional=False):
+    return Spec(str, choices=choices, optional=optional)
+
+
+def L(item):
+    return Spec(list, item=item)
+
+
+FR_ARCH = {"layers": L(I(1)), "widths": L(I(1)), "input_size": I(16, 512), "embedding_dim": I(8, 4096)}
+FR_TRAIN = {
+    "arch": FR_ARCH,
+    "margin": {"kind": S(["cosface", "arcface"]), "s": F(1.0), "m": F(0.0, 1.5)},
+    "epochs": I(1), "batch_size": I(2), "lr": F(0.0), "momentum": F(0.0, 1.0), "weight_decay": F(0.0),
+    "milestones": L(I(1)), "warmup_steps": I(0), "augment": {"flip": Spec(bool), "crop_scale": F(0.1, 1.0),
+                                                            "erase_p": F(0.0, 1.0), "jitter": F(0.0, 1.0)},
+    "seed": I(0), "num_workers": I(0),
+}
+
+SCHEMA = {
+    "data": {"dir": S(), "url_base": S(), "sha256": Spec(dict, item=S())},
+    "align": {
+        "detector": S(["mtcnn", "retinaface"]), "weights_dir": S(), "min_score": F(0.0, 1.0),
+        "output_size": I(112, 112), "jpeg_quality": I(50, 100),
+        "train_folds": L(I(1, 10)), "eval_folds": L(I(1, 10)),
+        "min_images_per_person": I(1), "max_images_per_person": I(1), "max_train_people": I(1),
+        "max_pairs_per_fold": I(1, 300), "chunk_size": I(1), "batch_size": I(1), "shard_size": I(1),
+    },
+    "encoder": {"pretrained": S(optional=True), **FR_TRAIN},
+    "generator": {
+        "method": S(["id3"]), "resolution": I(8, 512),
+        "unet": {"block_out_channels": L(I(1)), "layers_per_block": I(1), "attention_head_dim": I(1),
+                 "norm_num_groups": I(1)},
+        "conditioner_dims": L(I(1)), "cond_drop": F(0.0, 1.0), "steps": I(1), "batch_size": I(1),
+        "lr": F(0.0), "ema_decay": F(0.0, 1.0), "checkpoint_every": I(1), "lambda_scale": F(0.0),
+        "kappa_scale": F(0.0), "num_train_timesteps": I(2), "seed": I(0),
+    },
+    "sample": {
+        "num_identities": I(2), "embeddings_per_identity": I(1), "images_per_embedding": I(1),
+        "v_low": F(-1.0, 1.0), "v_high": F(-1.0, 1.0), "anchor_iters": I(0), "anchors": S(["tammes", "random"]),
+        "privacy_threshold": F(-1.0, 1.0), "sampler": S(["ddim", "dpmsolver++"]), "num_inference_steps": I(1, 1000),
+        "guidance_scale": F(0.0), "id_weight": F(0.0), "beta": F(0.0), "block_size": I(1), "batch_size": I(1),
+        "seed": I(0),
+    },
+    "package": {"shard_size": I(1), "min_consistency": F(-1.0, 1.0), "image_format": S(["png", "jpg"])},
+    "train_fr": FR_TRAIN,
+    "evaluate": {"folds": I(2), "far": L(F(0.0, 1.0)), "judge_max_images": I(1), "grid_identities": I(1),
+                 "grid_images": I(1)},
+}
+
+
+def _validate(spec, value, key: str):
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key or 'params'}: expected a mapping, got {value!r}")
+        unknown = sorted(set(value) - set(spec))
+        if unknown:
+            raise ParamsError(f"{key + '.' if key else ''}{unknown[0]}: unknown key (expected one of {sorted(spec)})")
+        missing = sorted(set(spec) - set(value))
+        if missing:
+            raise ParamsError(f"{key + '.' if key else ''}{missing[0]}: missing key")
+        return {k: _validate(spec[k], value[k], f"{key}.{k}" if key else k) for k in spec}
+    return spec.check(key, value)
+
+
+def validate(raw: dict) -> dict:
+    p = _validate(SCHEMA, raw, "")
+    if set(p["align"]["train_folds"]) & set(p["align"]["eval_folds"]):
+        raise ParamsError("align.eval_folds: must not share a fold with align.train_folds (folds are person-disjoint)")
+    if p["sample"]["v_low"] > p["sample"]["v_high"]:
+        raise ParamsError("sample.v_low: must not exceed sample.v_high")
+    for sec in ("encoder", "train_fr"):
+        if len(p[sec]["arch"]["layers"]) != len(p[sec]["arch"]["widths"]):
+            raise ParamsError(f"{sec}.arch.widths: needs one width per entry of {sec}.arch.layers")
+    return p
+
+
+def load_params(path="params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({e})") from None
+    return validate(raw or {})
+
+
+def params_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()

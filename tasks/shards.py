@@ -1,0 +1,87 @@
+"""Deterministic WebDataset tar shards: same samples in -> same bytes out.
+
+Members are written in sample order with fixed mtime/uid/gid/mode, so a shard's sha256 depends only on
+its content; each shard is written under a temporary name and renamed, so readers never see a partial
+shard. Keys must not contain dots (WebDataset splits the extension at the first dot).
+
+    infos = write_shards(samples, out_dir, "train", maxcount=1000)  # samples: dicts {"__key__", "jpg": bytes, ...}
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .io import atomic_path, sha256_file
+
+MTIME = 946684800  # 2000-01-01, fixed so bytes never depend on the clock
+
+
+def _encode(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int):
+        return str(value).encode()
+    return json.dumps(value, sort_keys=True).encode()
+
+
+def write_tar(path, samples: Iterable[dict]) -> int:
+    """Write one tar of samples atomically; return the number of samples."""
+    n = 0
+    with atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                key = sample["__key__"]
+                if "." in key or "/" in key:
+                    raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+                for ext in sorted(k for k in sample if k != "__key__"):
+                    data = _encode(sample[ext])
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime, info.mode = len(data), MTIME, 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    tar.addfile(info, io.BytesIO(data))
+                n += 1
+    return n
+
+
+def write_shards(samples: Iterable[dict], out_dir, prefix: str, maxcount: int) -> list[dict]:
+    """Split samples into `{prefix}-NNNNNN.tar` shards of at most maxcount; return shard infos."""
+    out_dir = Path(out_dir)
+    infos, batch, idx = [], [], 0
+
+    def flush():
+        nonlocal idx, batch
+        name = f"{prefix}-{idx:06d}.tar"
+        count = write_tar(out_dir / name, batch)
+        infos.append({"shard": name, "count": count, "sha256": sha256_file(out_dir / name)})
+        idx, batch = idx + 1, []
+
+    for s in samples:
+        batch.append(s)
+        if len(batch) >= maxcount:
+            flush()
+    if batch:
+        flush()
+    return infos
+
+
+def read_tar(path) -> Iterator[dict]:
+    """Yield samples of one shard as dicts of raw bytes (grouped by key, in order)."""
+    current: dict | None = None
+    with tarfile.open(path, "r") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.partition(".")
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key}
+            current[ext] = tar.extractfile(m).read()
+    if current is not None:
+        yield current

@@ -1,0 +1,141 @@
+"""Train the ID3 generator (METHODS.md section 1) on real aligned faces; resumable, EMA, diffusers format.
+
+    pipe, stats = train_id3(shards, keys, embeddings, attributes, params["generator"], ckpt_dir, device, log)
+    pipe.save_pretrained("artifacts/generator/pipeline")
+
+Identity embeddings y come from the frozen encoder on each training face at the generator's resolution
+(what the generator can reproduce); attributes s are the pose (yaw, pitch, roll) from the align stage.
+A checkpoint (weights, EMA, optimiser, step, RNG) is written atomically every `checkpoint_every` steps
+and resumed from when its configuration hash matches.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
+from torch.nn import functional as F
+
+from models.id3 import ID3Conditioner, ID3Pipeline, id3_loss
+from .fr_train import _sample_to_tensor, loader
+from .io import atomic_path
+from .params import params_hash
+from .shards import read_tar
+
+
+def build_unet(p: dict, context_dim: int) -> UNet2DConditionModel:
+    ch = tuple(p["unet"]["block_out_channels"])
+    n = len(ch)
+    return UNet2DConditionModel(
+        sample_size=p["resolution"], in_channels=3, out_channels=3, block_out_channels=ch,
+        layers_per_block=p["unet"]["layers_per_block"],
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=context_dim, attention_head_dim=p["unet"]["attention_head_dim"],
+        norm_num_groups=p["unet"]["norm_num_groups"],
+    )
+
+
+def build_pipeline(p: dict, embedding_dim: int, attribute_dim: int = 3) -> ID3Pipeline:
+    cond = ID3Conditioner(embedding_dim=embedding_dim, attribute_dim=attribute_dim, hidden_dims=tuple(p["conditioner_dims"]))
+    unet = build_unet(p, cond.context_dim)
+    sched = DDPMScheduler(num_train_timesteps=p["num_train_timesteps"], beta_schedule="linear", clip_sample=True)
+    return ID3Pipeline(unet=unet, conditioner=cond, scheduler=sched)
+
+
+def to_resolution(x: torch.Tensor, res: int) -> torch.Tensor:
+    if x.shape[-1] == res:
+        return x
+    return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+
+
+@torch.no_grad()
+def real_embeddings(encoder, shards: list[Path], res: int, device: str, batch_size: int = 256) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(keys, labels, L2-normalised embeddings) of every face in the shards, at the generator resolution."""
+    keys, labels, embs = [], [], []
+    for x, y, k in _ordered(shards, batch_size):
+        e = encoder(to_resolution(x, res).to(device))
+        embs.append(F.normalize(e.float(), dim=1).cpu())
+        keys += list(k)
+        labels += [int(v) for v in y]
+    return keys, np.asarray(labels), torch.cat(embs).numpy()
+
+
+def _ordered(shards, batch_size):
+    """Batches in shard order (no shuffling), for embedding every face once."""
+    batch = []
+    for s in shards:
+        for sample in read_tar(s):
+            batch.append(_sample_to_tensor(sample))
+            if len(batch) == batch_size:
+                yield torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch]), [b[2] for b in batch]
+                batch = []
+    if batch:
+        yield torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch]), [b[2] for b in batch]
+
+
+def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[str, np.ndarray], num_samples: int,
+              encoder, p: dict, ckpt_dir: Path, device: str = "cpu",
+              log: Callable[[str], None] = print) -> tuple[ID3Pipeline, dict]:
+    torch.manual_seed(p["seed"])
+    emb_dim = len(next(iter(emb_of.values())))
+    pipe = build_pipeline(p, emb_dim)
+    unet, cond, sched = pipe.unet.to(device), pipe.conditioner.to(device), pipe.scheduler
+    params = list(unet.parameters()) + list(cond.parameters())
+    opt = torch.optim.AdamW(params, lr=p["lr"], weight_decay=0.0)
+    ema = EMAModel(params, decay=p["ema_decay"])
+    g = torch.Generator().manual_seed(p["seed"])
+    f = lambda img: F.normalize(encoder(img), dim=1)  # noqa: E731  frozen: no parameter gets a gradient
+    chash = params_hash({k: v for k, v in p.items() if k not in ("steps", "checkpoint_every")} | {"emb_dim": emb_dim, "n": num_samples})
+    ckpt = Path(ckpt_dir) / "last.pt"
+    step = 0
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state["config_hash"] == chash and state["step"] <= p["steps"]:
+            unet.load_state_dict(state["unet"]); cond.load_state_dict(state["conditioner"])
+            opt.load_state_dict(state["opt"]); ema.load_state_dict(state["ema"])
+            g.set_state(state["rng"]); step = state["step"]
+            log(f"resumed from {ckpt} at step {step}")
+        else:
+            log(f"ignoring {ckpt}: it belongs to another configuration")
+    t0, start, history, epoch = time.time(), step, [], step * p["batch_size"] // max(num_samples, 1)
+    unet.train(); cond.train()
+    while step < p["steps"]:
+        for x, _, keys in loader(shards, p["batch_size"], p["seed"], epoch, 0):
+            if step >= p["steps"]:
+                break
+            x0 = to_resolution(x, p["resolution"]).to(device)
+            flip = torch.rand(len(keys), generator=g) < 0.5  # flips keep identity, double the data
+            x0 = torch.where(flip[:, None, None, None].to(device), x0.flip(3), x0)
+            y = torch.from_numpy(np.stack([emb_of[k] for k in keys])).to(device)
+            s = torch.from_numpy(np.stack([attr_of[k] for k in keys])).float().to(device)
+            s[:, 0] = torch.where(flip.to(device), -s[:, 0], s[:, 0])  # mirrored yaw and roll
+            s[:, 2] = torch.where(flip.to(device), -s[:, 2], s[:, 2])
+            out = id3_loss(unet, cond, f, sched, x0, y, s, g, p["cond_drop"], p["lambda_scale"], p["kappa_scale"])
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            ema.step(params)
+            step += 1
+            if step % 25 == 0 or step == p["steps"]:
+                rate = (step - start) * p["batch_size"] / (time.time() - t0)
+                row = {k: round(float(v), 5) for k, v in out.items()} | {"step": step}
+                history.append(row)
+                log(f"step {step}/{p['steps']} loss {row['loss']:.4f} mse {row['mse']:.4f} id {row['id']:.3f} "
+                    f"{rate:.1f} img/s, ETA {(p['steps'] - step) * p['batch_size'] / max(rate, 1e-9):.0f}s")
+            if step % p["checkpoint_every"] == 0 or step == p["steps"]:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(ckpt) as tmp:
+                    torch.save({"config_hash": chash, "step": step, "unet": unet.state_dict(), "conditioner": cond.state_dict(),
+                                "opt": opt.state_dict(), "ema": ema.state_dict(), "rng": g.get_state()}, tmp)
+        epoch += 1
+    ema.copy_to(params)  # sampling uses the EMA weights
+    unet.eval(); cond.eval()
+    pipe.to("cpu")
+    return pipe, {"steps": step, "resumed_from": start, "history": history,
+                  "images_per_s": (step - start) * p["batch_size"] / max(time.time() - t0, 1e-9)}

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real LFW files (SYNTHFACE_LFW_DIR or ../shared/datasets/lfw) and a Prefect test harness."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def lfw_dir() -> Path:
+    d = Path(os.environ.get("SYNTHFACE_LFW_DIR", ROOT.parent / "shared" / "datasets" / "lfw"))
+    if not (d / "lfw-deepfunneled.zip").is_file():
+        pytest.fail(f"LFW not found in {d}: set SYNTHFACE_LFW_DIR")
+    return d
+
+
+@pytest.fixture(scope="session")
+def lfw_files() -> Path:
+    return lfw_dir()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    import flows  # noqa: F401  (sets the offline Prefect environment)
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness():
+        yield

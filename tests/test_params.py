@@ -1,0 +1,56 @@
+"""params.yaml validation: the shipped files load; bad values are rejected with the key named."""
+import copy
+
+import pytest
+import yaml
+
+from tasks.params import ParamsError, load_params, validate
+
+from conftest import ROOT
+
+
+def raw():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_shipped_params_files_validate():
+    for name in ("params.yaml", "params-paper.yaml"):
+        load_params(ROOT / name)
+
+
+@pytest.mark.parametrize("path,value,message", [
+    (("sample", "num_identities"), "many", "sample.num_identities: expected int"),
+    (("sample", "v_low"), 2.0, "sample.v_low: 2.0 is above the maximum"),
+    (("generator", "method"), "gan", "generator.method: 'gan' is not one of"),
+    (("align", "eval_folds"), [8], "align.eval_folds: must not share a fold"),
+    (("encoder", "arch", "layers"), [1, "x"], "encoder.arch.layers[1]: expected int"),
+])
+def test_bad_values_name_the_key(path, value, message):
+    r = copy.deepcopy(raw())
+    d = r
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value
+    with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate(r)
+
+
+def test_unknown_and_missing_keys():
+    r = raw()
+    r["sample"]["num_identitis"] = 3
+    with pytest.raises(ParamsError, match="sample.num_identitis: unknown key"):
+        validate(r)
+    r = raw()
+    del r["package"]["shard_size"]
+    with pytest.raises(ParamsError, match="package.shard_size: missing key"):
+        validate(r)
+
+
+def test_cli_reports_bad_params_in_one_line(tmp_path, capsys):
+    from flows.__main__ import main
+    r = raw()
+    r["evaluate"]["folds"] = 1
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(r))
+    assert main(["params", "--params", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "evaluate.folds" in err
