@@ -39,6 +39,9 @@ def main(argv=None) -> int:
             from tasks.lfw import obtain
             print(f"data ready in {obtain(p['data'], ROOT)}")
             return 0
+        if a.stage == "align":  # fail in one line before any flow starts
+            from tasks.lfw import verify
+            verify(p["data"], ROOT / p["data"]["dir"])
         mod, fn = STAGES[a.stage]
         getattr(importlib.import_module(mod), fn)(a.params)
     except (ParamsError, DataError, FileNotFoundError) as e:

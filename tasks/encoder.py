@@ -78,7 +78,7 @@ def load_encoder(enc_dir: Path, device: str = "cpu") -> nn.Module:
 def to_unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 N x H x W x 3 -> float N x 3 x H x W in [-1, 1] (insightface's (x/255 - 0.5) / 0.5)."""
     t = torch.as_tensor(images)
-    return t.permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+    return t.permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5).contiguous()
 
 
 @torch.inference_mode()

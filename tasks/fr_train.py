@@ -112,7 +112,7 @@ def train_fr(shards: list[Path], num_samples: int, num_classes: int, p: dict, de
             opt.step()
             with torch.no_grad():
                 acc = (head.logits(emb.detach()).argmax(1) == y).float().mean()
-            tot_loss += float(loss); tot_acc += float(acc); nb += 1; step += 1
+            tot_loss += float(loss.detach()); tot_acc += float(acc); nb += 1; step += 1
         rate = step * p["batch_size"] / (time.time() - t0)
         history.append({"epoch": epoch + 1, "loss": tot_loss / max(nb, 1), "train_acc": tot_acc / max(nb, 1)})
         log(f"epoch {epoch + 1}/{p['epochs']} loss {tot_loss / max(nb, 1):.3f} train-acc {tot_acc / max(nb, 1):.3f} "

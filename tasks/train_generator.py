@@ -124,7 +124,7 @@ def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[s
             step += 1
             if step % 25 == 0 or step == p["steps"]:
                 rate = (step - start) * p["batch_size"] / (time.time() - t0)
-                row = {k: round(float(v), 5) for k, v in out.items()} | {"step": step}
+                row = {k: round(float(v.detach()), 5) for k, v in out.items()} | {"step": step}
                 history.append(row)
                 log(f"step {step}/{p['steps']} loss {row['loss']:.4f} mse {row['mse']:.4f} id {row['id']:.3f} "
                     f"{rate:.1f} img/s, ETA {(p['steps'] - step) * p['batch_size'] / max(rate, 1e-9):.0f}s")

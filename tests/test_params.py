@@ -54,3 +54,15 @@ def test_cli_reports_bad_params_in_one_line(tmp_path, capsys):
     assert main(["params", "--params", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "evaluate.folds" in err
+
+
+def test_cli_names_a_corrupt_data_file(tmp_path, capsys, monkeypatch):
+    from flows.__main__ import main
+    r = raw()
+    r["data"]["dir"] = str(tmp_path)  # absolute: ROOT / abs = abs
+    for name in r["data"]["sha256"]:
+        (tmp_path / name).write_bytes(b"not the real file")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(r))
+    assert main(["align", "--params", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not match the expected" in err and str(tmp_path) in err
