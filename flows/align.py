@@ -25,11 +25,13 @@ _DETECTORS: dict = {}
 
 
 @task(cache_key_fn=content_key, persist_result=True, retries=1)
-def align_chunk(zip_sha256: str, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
-    """members: [key, zip member, meta]; zip_sha256 stands for the (already verified) archive bytes."""
-    zdir = ROOT / params()["data"]["dir"]
-    zf = lfw.ZipImages(zdir / lfw.ZIP_NAME)
-    det = _DETECTORS.setdefault((p["detector"], p["weights_dir"]), make_detector(p["detector"], ROOT / p["weights_dir"], device()))
+def align_chunk(zip_path: Path, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
+    """members: [key, zip member, meta]; the cache key hashes the archive's bytes."""
+    zf = lfw.ZipImages(zip_path)
+    key = (p["detector"], p["weights_dir"])
+    if key not in _DETECTORS:  # one detector per process, not one per chunk
+        _DETECTORS[key] = make_detector(p["detector"], ROOT / p["weights_dir"], device())
+    det = _DETECTORS[key]
     items = []
     for key, member, meta in members:
         try:
@@ -66,7 +68,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     log.warning(f"align: {len(members)} images ({len(train)} train, {len(eval_members)} eval) in {len(chunks)} chunks")
     accepted, rejected = [], []
     for i, c in enumerate(chunks):
-        a, r = align_chunk(data["sha256"][lfw.ZIP_NAME], c, p)
+        a, r = align_chunk(data_dir / lfw.ZIP_NAME, c, p)
         accepted += a
         rejected += r
         log.warning(f"align: chunk {i + 1}/{len(chunks)} done, {len(accepted)} accepted, {len(rejected)} rejected")

@@ -36,11 +36,11 @@ def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool):
 
 
 @task(cache_key_fn=content_key, persist_result=True, retries=1)
-def sample_block(pipeline_dir: Path, encoder_dir: Path, embeddings_file: Path, plan_file: Path,
+def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embeddings_file: Path, plan_file: Path,
                  identities: list[int], p: dict) -> list[dict]:
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
     pipe, enc = _models(pipeline_dir, encoder_dir, p["id_weight"] > 0)
-    plan = {"embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
+    plan = {"anchors": np.load(anchors_file), "embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
     return render_block(pipe, enc, plan, identities, p, device())
 
 
@@ -61,7 +61,7 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
     write_parquet(out / "plan.parquet", pd.DataFrame([{**r, "block": f"block-{block_of[r['identity']]:06d}.tar"} for r in plan["rows"]]))
     t0, done, total = time.time(), 0, len(plan["rows"])
     for b, block in enumerate(blocks):
-        samples = sample_block(gen / "pipeline", enc, out / "embeddings.npy", out / "plan.parquet", block, p)
+        samples = sample_block(gen / "pipeline", enc, out / "anchors.npy", out / "embeddings.npy", out / "plan.parquet", block, p)
         write_tar(out / f"block-{b:06d}.tar", ({"__key__": s["key"], "png": s["png"], "cls": s["identity"],
                                                  "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
                                                 for s in samples))

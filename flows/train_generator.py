@@ -31,7 +31,9 @@ def train_generator_task(shards: list, encoder_dir, manifest, p: dict) -> tuple[
     keys, labels, embs = real_embeddings(enc, shards, p["resolution"], dev)
     emb_of = dict(zip(keys, embs))
     attr_of = {k: np.array([y, pi, r], np.float32) for k, y, pi, r in zip(m["key"], m["yaw"], m["pitch"], m["roll"])}
-    pipe, stats = train_id3(shards, emb_of, attr_of, len(m), enc, p, ROOT / "artifacts" / "generator_ckpt", dev, log.warning)
+    fingerprint = content_key(None, {"shards": list(shards), "encoder": encoder_dir, "manifest": manifest})
+    pipe, stats = train_id3(shards, emb_of, attr_of, len(m), enc, p, ROOT / "artifacts" / "generator_ckpt", dev, log.warning,
+                            fingerprint)
     real = {"embeddings": embs, "labels": labels, "attributes": np.stack([attr_of[k] for k in keys])}
     return {"unet": pipe.unet.state_dict(), "conditioner": pipe.conditioner.state_dict()}, real, stats
 

@@ -86,11 +86,12 @@ def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor]
 
 
 def make_scheduler(kind: str, config: dict):
-    """DDIM or DPM-Solver++ from the training (DDPM) scheduler config."""
+    """DDIM or DPM-Solver++ from the training (DDPM) scheduler config; trailing spacing starts at t = T-1."""
     if kind == "ddim":
-        return DDIMScheduler.from_config(config, clip_sample=True, set_alpha_to_one=False)
+        return DDIMScheduler.from_config(config, clip_sample=True, set_alpha_to_one=False, timestep_spacing="trailing")
     if kind == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                        timestep_spacing="trailing")
     raise ValueError(f"unknown sampler {kind!r}: use 'ddim' or 'dpmsolver++'")
 
 
@@ -102,11 +103,12 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Te
 def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s: torch.Tensor, seeds: Sequence[int],
                num_inference_steps: int = 20, guidance_scale: float = 1.0, id_weight: float = 0.0,
                beta: float = 0.0, encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               others: torch.Tensor | None = None) -> torch.Tensor:
+               others: torch.Tensor | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """ID-preserving sampling with the adjusted gradient field.
 
     eps~ = eps - id_weight * sqrt(1 - alpha_bar_t) * grad_x_t [<y, f(x0_hat)> - beta * max_j <y_j, f(x0_hat)>]
-    `others` (M x D) are the other identities for the reversed term; the target is excluded by cosine > 0.999.
+    `others` (M x D) are the identities for the reversed term (e.g. all anchors); `exclude` (N x M, bool)
+    marks, per image, the entries of its own identity, which the max must skip.
     """
     dev = next(unet.parameters()).device
     size = unet.config.sample_size
@@ -136,7 +138,8 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
                 score = (emb * y).sum(1)
                 if beta and others is not None and len(others):
                     sims = emb @ others.to(dev).T
-                    sims = sims.masked_fill((y @ others.to(dev).T) > 0.999, -math.inf)
+                    if exclude is not None:
+                        sims = sims.masked_fill(exclude.to(dev), -math.inf)
                     score = score - beta * sims.max(1).values.clamp(min=-1)
                 grad = torch.autograd.grad(score.sum(), x_in)[0]
                 eps = eps.detach() - id_weight * (1 - ab).sqrt().view(-1, 1, 1, 1) * grad
@@ -154,7 +157,7 @@ class ID3Pipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, embeddings: torch.Tensor, attributes: torch.Tensor, seeds: Sequence[int],
                  num_inference_steps: int = 20, sampler: str = "ddim", guidance_scale: float = 1.0,
-                 id_weight: float = 0.0, beta: float = 0.0, encoder=None, others=None) -> torch.Tensor:
+                 id_weight: float = 0.0, beta: float = 0.0, encoder=None, others=None, exclude=None) -> torch.Tensor:
         sched = make_scheduler(sampler, self.scheduler.config)
         return id3_sample(self.unet, self.conditioner, sched, F.normalize(embeddings, dim=1), attributes, seeds,
-                          num_inference_steps, guidance_scale, id_weight, beta, encoder, others)
+                          num_inference_steps, guidance_scale, id_weight, beta, encoder, others, exclude)

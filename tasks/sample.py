@@ -58,16 +58,22 @@ def render_block(pipe, encoder, plan: dict, identities: list[int], p: dict, devi
     wanted = set(identities)
     rows = [r for r in plan["rows"] if r["identity"] in wanted]
     emb = torch.as_tensor(plan["embeddings"], dtype=torch.float32)
-    others = F.normalize(emb.flatten(0, 1), dim=1)  # every planned embedding, for the reversed term
+    others = F.normalize(torch.as_tensor(plan["anchors"], dtype=torch.float32), dim=1)  # one per identity
     f = (lambda img: F.normalize(encoder(img), dim=1)) if encoder is not None else None
     sched = make_scheduler(p["sampler"], pipe.scheduler.config)
     unet, cond = pipe.unet.to(device).eval(), pipe.conditioner.to(device).eval()
     out = []
     for b in range(0, len(rows), p["batch_size"]):
         part = rows[b:b + p["batch_size"]]
+        n_real = len(part)
+        # every batch has exactly batch_size rows (the last padded with repeats): CPU kernels pick their
+        # reduction order by batch shape, so a fixed shape keeps an image's bytes independent of the subset
+        part = part + [part[-1]] * (p["batch_size"] - n_real)
         y = F.normalize(torch.stack([emb[r["identity"], r["embedding"]] for r in part]), dim=1)
         s = torch.tensor([[r["yaw"], r["pitch"], r["roll"]] for r in part], dtype=torch.float32)
+        own = torch.zeros(len(part), len(others), dtype=torch.bool)
+        own[torch.arange(len(part)), torch.tensor([r["identity"] for r in part])] = True
         x = id3_sample(unet, cond, sched, y, s, [r["seed"] for r in part], p["num_inference_steps"],
-                       p["guidance_scale"], p["id_weight"], p["beta"], f, others)
-        out += [{**r, "png": to_png(img.cpu())} for r, img in zip(part, x)]
+                       p["guidance_scale"], p["id_weight"], p["beta"], f, others, own)
+        out += [{**r, "png": to_png(img.cpu())} for r, img in zip(part[:n_real], x)]
     return out

@@ -14,7 +14,9 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .io import atomic_path, sha256_file
+import numpy as np
+
+from .io import _jsonable, atomic_path, sha256_file
 
 MTIME = 946684800  # 2000-01-01, fixed so bytes never depend on the clock
 
@@ -24,9 +26,11 @@ def _encode(value) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode()
-    if isinstance(value, int):
-        return str(value).encode()
-    return json.dumps(value, sort_keys=True).encode()
+    if isinstance(value, bool):
+        raise TypeError("a bool member is ambiguous: store it inside the json member")
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)).encode()
+    return json.dumps(value, sort_keys=True, default=_jsonable).encode()
 
 
 def write_tar(path, samples: Iterable[dict]) -> int:

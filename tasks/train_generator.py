@@ -6,7 +6,8 @@
 Identity embeddings y come from the frozen encoder on each training face at the generator's resolution
 (what the generator can reproduce); attributes s are the pose (yaw, pitch, roll) from the align stage.
 A checkpoint (weights, EMA, optimiser, step, RNG) is written atomically every `checkpoint_every` steps
-and resumed from when its configuration hash matches.
+and resumed from only when its configuration hash matches (params, and the caller's fingerprint of
+data, encoder and code).
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def _ordered(shards, batch_size):
 
 def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[str, np.ndarray], num_samples: int,
               encoder, p: dict, ckpt_dir: Path, device: str = "cpu",
-              log: Callable[[str], None] = print) -> tuple[ID3Pipeline, dict]:
+              log: Callable[[str], None] = print, fingerprint: str = "") -> tuple[ID3Pipeline, dict]:
     torch.manual_seed(p["seed"])
     emb_dim = len(next(iter(emb_of.values())))
     pipe = build_pipeline(p, emb_dim)
@@ -90,7 +91,7 @@ def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[s
     ema = EMAModel(params, decay=p["ema_decay"])
     g = torch.Generator().manual_seed(p["seed"])
     f = lambda img: F.normalize(encoder(img), dim=1)  # noqa: E731  frozen: no parameter gets a gradient
-    chash = params_hash({k: v for k, v in p.items() if k not in ("steps", "checkpoint_every")} | {"emb_dim": emb_dim, "n": num_samples})
+    chash = params_hash({k: v for k, v in p.items() if k not in ("steps", "checkpoint_every")} | {"emb_dim": emb_dim, "n": num_samples, "inputs": fingerprint})
     ckpt = Path(ckpt_dir) / "last.pt"
     step = 0
     if ckpt.is_file():

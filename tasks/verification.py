@@ -2,8 +2,8 @@
 
 Squared L2 distance between L2-normalised (flip-fused) embeddings; the pairs are split into `folds`
 contiguous folds; for each fold the threshold from arange(0, 4, 0.01) that maximises accuracy on the
-other folds is applied to it. TAR@FAR: per fold, the threshold reaching the target FAR on the other
-folds (interpolated) is applied to it.
+other folds is applied to it. TAR@FAR: per fold, the largest threshold whose FAR on the other folds
+stays at or below the target is applied to it.
 
     res = verify(emb_a, emb_b, issame, folds=10, fars=[1e-3])   # {"accuracy": .., "accuracy_std": .., ...}
 """
@@ -41,15 +41,13 @@ def verify(emb_a: np.ndarray, emb_b: np.ndarray, issame, folds: int = 10, fars=(
         thrs.append(best)
         far_train = np.array([_tar_far(t, dist[train], same[train])[1] for t in THRESHOLDS])
         for f in fars:
-            if far_train.max() >= f:
-                # the largest threshold whose training FAR stays at or below the target (interpolated)
-                uniq, idx = np.unique(far_train, return_index=True)
-                thr = float(np.interp(f, uniq, THRESHOLDS[idx]))
-            else:
-                thr = 0.0
+            # the largest threshold whose training FAR stays at or below the target
+            thr = float(THRESHOLDS[far_train <= f].max()) if (far_train <= f).any() else 0.0
             tars[f].append(_tar_far(thr, dist[test], same[test])[0])
     res = {"accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)), "threshold": float(np.mean(thrs)),
-           "pairs": int(len(same)), "folds": folds}
+           "pairs": int(len(same)), "folds": folds,
+           # the smallest FAR the training folds can resolve: a TAR@FAR below it is not meaningful
+           "far_resolution": 1.0 / max(int((~same).sum() * (folds - 1) / folds), 1)}
     for f in fars:
         res[f"tar_at_far_{f:g}"] = float(np.mean(tars[f]))
         res[f"tar_at_far_{f:g}_std"] = float(np.std(tars[f]))
