@@ -4,7 +4,6 @@ import zipfile
 
 import numpy as np
 from PIL import Image
-from torch.nn import functional as F
 
 from models.iresnet import IResNet
 from tasks.shards import write_shards

@@ -1,5 +1,4 @@
 """The verification protocol against an independent brute-force implementation."""
-import itertools
 
 import numpy as np
 
