@@ -7,14 +7,13 @@ ROC curves and a sample grid.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 from PIL import Image
 from prefect import flow, get_run_logger
 
 from tasks.encoder import embed, load_encoder
+from tasks.fr_train import decode_image
 from tasks.io import atomic_path, write_json
 from tasks.judge import DlibJudge, identity_consistency
 from tasks.shards import read_tar
@@ -31,7 +30,7 @@ def _images(shards, keys=None) -> tuple[list[str], np.ndarray, list[int]]:
             if keys is None or s["__key__"] in keys:
                 data = s.get("jpg", s.get("png"))
                 out_k.append(s["__key__"]); out_c.append(int(s["cls"]))
-                out_i.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+                out_i.append(decode_image(data))
     return out_k, np.stack(out_i), out_c
 
 

@@ -18,21 +18,13 @@ from prefect import flow, get_run_logger
 
 from tasks.card import write_card
 from tasks.encoder import embed, load_encoder
+from tasks.fr_train import decode_image
+from tasks.identity import cos_to_centre
 from tasks.io import write_json, write_parquet
 from tasks.shards import read_tar, write_shards
 
 from . import ROOT
 from .common import RunRecord, device, params, stage_dir
-
-
-def consistency(emb: np.ndarray, identity: np.ndarray) -> np.ndarray:
-    """Cosine of each embedding to the normalised mean of its identity's embeddings."""
-    out = np.empty(len(emb))
-    for i in np.unique(identity):
-        sel = identity == i
-        c = emb[sel].mean(0)
-        out[sel] = emb[sel] @ (c / max(np.linalg.norm(c), 1e-12))
-    return out
 
 
 @flow(name="package")
@@ -46,9 +38,9 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     rec = RunRecord("package", p, out, {"sample": smp, "encoder": enc_dir})
     samples = [s for b in blocks for s in read_tar(b)]
     meta = [json.loads(s["json"]) | {"key": s["__key__"]} for s in samples]
-    images = np.stack([np.asarray(Image.open(io.BytesIO(s["png"])).convert("RGB")) for s in samples])
+    images = np.stack([decode_image(s["png"]) for s in samples])
     ident = np.array([m["identity"] for m in meta])
-    cons = consistency(embed(load_encoder(enc_dir, device()), images), ident)
+    cons = cos_to_centre(embed(load_encoder(enc_dir, device()), images), ident)
     keep = cons >= p["min_consistency"]
     kept_ids = sorted(set(ident[keep].tolist()))
     label = {i: n for n, i in enumerate(kept_ids)}

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .identity import cos_to_centre
+
 DLIB_SAME_DISTANCE = 0.6  # dlib's documented threshold: Euclidean distance below it = same person
 
 
@@ -39,11 +41,7 @@ class DlibJudge:
 def identity_consistency(desc: np.ndarray, identity: np.ndarray) -> dict:
     """Mean cosine to identity centre, and the share of same- / different-identity pairs dlib calls 'same'."""
     identity = np.asarray(identity)
-    unit = desc / np.linalg.norm(desc, axis=1, keepdims=True)
-    cos = []
-    for i in np.unique(identity):
-        c = unit[identity == i].mean(0)
-        cos += list(unit[identity == i] @ (c / np.linalg.norm(c)))
+    cos = cos_to_centre(desc / np.linalg.norm(desc, axis=1, keepdims=True), identity)
     d = np.sqrt(((desc[:, None] - desc[None]) ** 2).sum(-1))
     same = identity[:, None] == identity[None]
     off = ~np.eye(len(desc), dtype=bool)
