@@ -1,7 +1,9 @@
 """Command line: `python -m flows <stage> [--params FILE]`, or `synthface <stage>` once installed.
 
-Stages: fetch-data, align, train-encoder, train-generator, sample, package, train-fr, evaluate.
+Stages: fetch-data, align, train-encoder, train-generator, sample, package, train-fr-real, train-fr, evaluate.
 `python -m flows params --dry-run` prints the validated configuration and its hash.
+`python -m flows build-bin --pairs pairs.txt --images DIR --out lfw.bin [--folds 1 2 ..]` writes an
+insightface .bin from LFW-style pairs and already aligned images laid out as DIR/<name>/<name>_0001.jpg.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ STAGES = {
     "train-generator": ("flows.train_generator", "train_generator_flow"),
     "sample": ("flows.sample", "sample_flow"),
     "package": ("flows.package", "package_flow"),
+    "train-fr-real": ("flows.train_fr", "train_fr_real_flow"),
     "train-fr": ("flows.train_fr", "train_fr_flow"),
     "evaluate": ("flows.evaluate", "evaluate_flow"),
 }
@@ -23,10 +26,16 @@ STAGES = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="synthface", description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["fetch-data", "params", *STAGES])
+    ap.add_argument("stage", choices=["fetch-data", "params", "build-bin", *STAGES])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved configuration and its hash, run nothing")
+    ap.add_argument("--pairs", help="build-bin: an LFW-format pairs.txt")
+    ap.add_argument("--images", help="build-bin: folder of aligned images, <name>/<name>_<idx:04d>.jpg")
+    ap.add_argument("--out", help="build-bin: the .bin to write")
+    ap.add_argument("--folds", type=int, nargs="*", help="build-bin: only these pairs.txt folds (1-based)")
     a = ap.parse_args(argv)
+    if a.stage == "build-bin":
+        return build_bin_cli(a)
     from tasks.lfw import DataError
     from tasks.params import ParamsError, load_params, params_hash
     try:
@@ -47,6 +56,28 @@ def main(argv=None) -> int:
     except (ParamsError, DataError, FileNotFoundError) as e:
         print(f"synthface {a.stage}: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def build_bin_cli(a) -> int:
+    from pathlib import Path
+
+    from tasks.benchmarks import build_bin, write_bin
+    from tasks.lfw import parse_pairs
+    if not (a.pairs and a.images and a.out):
+        print("synthface build-bin: --pairs, --images and --out are required", file=sys.stderr)
+        return 2
+    pairs = [q for q in parse_pairs(Path(a.pairs)) if not a.folds or q.fold in a.folds]
+    rel = lambda name, idx: f"{name}/{name}_{idx:04d}.jpg"  # noqa: E731
+    keys = {rel(q.name_a, q.idx_a) for q in pairs} | {rel(q.name_b, q.idx_b) for q in pairs}
+    missing = sorted(k for k in keys if not (Path(a.images) / k).is_file())
+    if missing:
+        print(f"synthface build-bin: {len(missing)} images missing under {a.images}, e.g. {missing[:3]}", file=sys.stderr)
+        return 2
+    images = {k: (Path(a.images) / k).read_bytes() for k in keys}
+    bins, issame = build_bin([(rel(q.name_a, q.idx_a), rel(q.name_b, q.idx_b), q.issame) for q in pairs], images)
+    write_bin(a.out, bins, issame)
+    print(f"wrote {a.out}: {len(issame)} pairs ({sum(issame)} matched)")
     return 0
 
 

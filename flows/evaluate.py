@@ -1,37 +1,37 @@
-"""evaluate stage: verification on the held-out LFW pairs for the real-trained baseline and the
-synthetic-trained model side by side, the dlib judge's identity consistency of the synthetic set,
-ROC curves and a sample grid.
+"""evaluate stage: the papers' table - verification of each training set's FR model (same recipe) on the
+held-out LFW folds and on every insightface .bin under evaluate.benchmarks_dir - plus the dataset-quality
+metrics by the independent dlib judge and by the identity encoder, side by side, and the figures.
 
-    python -m flows evaluate   # params [evaluate] -> metrics/verification.json, metrics/dataset.json,
-                               #   plots/roc_{real,synthetic}.csv, plots/sample_grid.png
+    python -m flows evaluate   # params [evaluate] -> metrics/report.{json,md}, metrics/quality.json,
+                               #   plots/roc.csv, plots/{sample_grid,cosine_hist,privacy_hist}.png,
+                               #   artifacts/evaluate/lfw_heldout.bin (the held-out pairs as a .bin)
+
+Drop lfw.bin, cfp_fp.bin, agedb_30.bin, calfw.bin, cplfw.bin (insightface's files) into the benchmarks
+folder to get the five-benchmark average; they are read with a restricted unpickler.
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 from prefect import flow, get_run_logger
 
+from tasks.align import make_detector
+from tasks.benchmarks import build_bin, decoded_batches, find_bins, read_bin, write_bin
 from tasks.encoder import embed, load_encoder
-from tasks.fr_train import decode_image
 from tasks.io import atomic_path, write_json
-from tasks.judge import DlibJudge, identity_consistency
-from tasks.shards import read_tar
+from tasks.judge import DlibJudge, centred_unit
+from tasks.quality import face_poses, pair_cosines, pose_spread, privacy_leakage, quality, real_nearest_other
+from tasks.identity import centres
+from tasks.report import cosine_histograms, markdown, privacy_histogram, report_table, write_markdown
+from tasks.shards import iter_images, read_tar
 from tasks.verification import roc, verify
 
 from . import ROOT
 from .common import RunRecord, device, params, stage_dir
-
-
-def _images(shards, keys=None) -> tuple[list[str], np.ndarray, list[int]]:
-    out_k, out_i, out_c = [], [], []
-    for sh in shards:
-        for s in read_tar(sh):
-            if keys is None or s["__key__"] in keys:
-                data = s.get("jpg", s.get("png"))
-                out_k.append(s["__key__"]); out_c.append(int(s["cls"]))
-                out_i.append(decode_image(data))
-    return out_k, np.stack(out_i), out_c
 
 
 def sample_grid(images: np.ndarray, identity: np.ndarray, rows: int, cols: int, tile: int = 64) -> Image.Image:
@@ -43,41 +43,137 @@ def sample_grid(images: np.ndarray, identity: np.ndarray, rows: int, cols: int, 
     return grid
 
 
+def heldout_bin(align: Path, out: Path) -> Path:
+    """The held-out LFW pairs (align's eval folds) as an insightface .bin, pairs in eval_pairs order."""
+    pairs = pd.read_parquet(align / "eval_pairs.parquet")
+    m = pd.read_parquet(align / "manifest.parquet")
+    images = {s["__key__"]: s["jpg"] for sh in sorted(m[m["split"] == "eval"]["shard"].unique()) for s in read_tar(align / sh)}
+    bins, issame = build_bin(zip(pairs["key_a"], pairs["key_b"], pairs["issame"]), images)
+    write_bin(out / "lfw_heldout.bin", bins, issame)
+    return out / "lfw_heldout.bin"
+
+
+def embed_bin(describe, bins: list[bytes]) -> np.ndarray:
+    """Embeddings of every image slot of a .bin; repeated images are described once."""
+    uniq = list(dict.fromkeys(bins))
+    index = {b: i for i, b in enumerate(uniq)}
+    emb = np.concatenate([describe(batch) for batch in decoded_batches(uniq)])
+    return emb[[index[b] for b in bins]]
+
+
+def verify_bin(emb: np.ndarray, issame: np.ndarray, p: dict) -> dict:
+    return verify(emb[0::2], emb[1::2], issame, p["folds"], p["far"])
+
+
+def cos_threshold(res: dict) -> float:
+    """The squared-L2 threshold on unit vectors as a cosine: d = 2 - 2 cos."""
+    return 1.0 - res["threshold"] / 2.0
+
+
+def embed_set(describe, shards: list[Path], keys=None, detector=None, grid_ids=()) -> dict:
+    """Stream a set once: embeddings and labels, head poses when a detector is given, and the images of
+    grid_ids (for the sample grid); nothing else is kept decoded."""
+    out = {"emb": [], "labels": [], "poses": [], "grid": [], "grid_labels": []}
+    for _, images, cls in iter_images(shards, keys):
+        out["emb"].append(describe(images)); out["labels"].append(cls)
+        if detector is not None:
+            out["poses"].append(face_poses(images, detector))
+        sel = np.isin(cls, list(grid_ids))
+        out["grid"].append(images[sel]); out["grid_labels"].append(cls[sel])
+    empty = {"emb": (0, 1), "labels": (0,), "poses": (0, 3), "grid": (0, 1, 1, 3), "grid_labels": (0,)}
+    return {k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in out.items()}
+
+
+def first_identities(m: pd.DataFrame, n: int) -> set[str]:
+    """Keys of the first n identities by label: whole identities, so per-identity metrics stay exact."""
+    labels = sorted(m["label"].unique())[:n]
+    return set(m[m["label"].isin(labels)]["key"])
+
+
 @flow(name="evaluate")
 def evaluate_flow(params_path: str = "params.yaml") -> dict:
     log = get_run_logger()
-    p = params(params_path)["evaluate"]
+    allp = params(params_path)
+    p = allp["evaluate"]
     art = ROOT / "artifacts"
-    align, ds = art / "align", art / "dataset"
-    (ROOT / "metrics").mkdir(exist_ok=True); (ROOT / "plots").mkdir(exist_ok=True)
-    rec = RunRecord("evaluate", p, stage_dir("evaluate"), {"encoder": art / "encoder", "fr_synthetic": art / "fr_synthetic",
-                                                      "dataset": ds / "manifest.parquet"})
-    pairs = pd.read_parquet(align / "eval_pairs.parquet")
-    m = pd.read_parquet(align / "manifest.parquet")
-    keys, imgs, _ = _images(sorted(align / s for s in m[m["split"] == "eval"]["shard"].unique()))
-    idx = {k: i for i, k in enumerate(keys)}
-    a = pairs["key_a"].map(idx).to_numpy(); b = pairs["key_b"].map(idx).to_numpy()
-    results = {}
-    for name, d in [("real", art / "encoder"), ("synthetic", art / "fr_synthetic")]:
-        emb = embed(load_encoder(d, device()), imgs)
-        results[name] = verify(emb[a], emb[b], pairs["issame"].to_numpy(), p["folds"], p["far"])
-        rows = roc(emb[a], emb[b], pairs["issame"].to_numpy())
-        with atomic_path(ROOT / "plots" / f"roc_{name}.csv") as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
-        log.warning(f"evaluate: {name} LFW held-out accuracy {results[name]['accuracy']:.4f} +- {results[name]['accuracy_std']:.4f}")
-    write_json(ROOT / "metrics" / "verification.json", {"lfw_heldout": results})
-    # dataset quality by an independent judge, with real training faces as the reference point
-    dm = pd.read_parquet(ds / "manifest.parquet")
-    skeys, simgs, scls = _images(sorted(ds / s for s in dm["shard"].unique()))
-    n = min(p["judge_max_images"], len(skeys))
+    align, ds, out = art / "align", art / "dataset", stage_dir("evaluate")
+    metrics, plots = ROOT / "metrics", ROOT / "plots"
+    metrics.mkdir(exist_ok=True); plots.mkdir(exist_ok=True)
+    synth_name = p["synthetic_label"] or f"synthetic ({allp['generator']['method']})"
+    models = {"real (LFW train split)": art / "fr_real", synth_name: art / "fr_synthetic"}
+    bench_dir = ROOT / p["benchmarks_dir"]
+    benches = {"lfw_heldout": heldout_bin(align, out), **find_bins(bench_dir)}
+    rec = RunRecord("evaluate", p, out, {**{k: v for k, v in benches.items()}, "fr_real": art / "fr_real",
+                                         "fr_synthetic": art / "fr_synthetic", "encoder": art / "encoder",
+                                         "dataset": ds / "manifest.parquet"})
+    dev = device()
+    describers = {name: (lambda ims, enc=load_encoder(d, dev): embed(enc, ims)) for name, d in models.items()}
+    encoder = load_encoder(art / "encoder", dev)
     judge = DlibJudge()
-    synth = identity_consistency(judge.describe_all(simgs[:n]), np.array(scls[:n]))
-    tr = m[m["split"] == "train"].sort_values("key").head(n)
-    rkeys, rimgs, rcls = _images(sorted(align / s for s in tr["shard"].unique()), set(tr["key"]))
-    real = identity_consistency(judge.describe_all(rimgs), np.array(rcls))
-    dataset = {"judge": "dlib_resnet_v1", "synthetic": synth, "real_train_reference": real}
-    write_json(ROOT / "metrics" / "dataset.json", dataset)
-    with atomic_path(ROOT / "plots" / "sample_grid.png") as tmp:
-        sample_grid(simgs, np.array(scls), p["grid_identities"], p["grid_images"]).save(tmp, format="PNG")
-    log.warning(f"evaluate: judge identity consistency synthetic {synth['mean_cos_to_centre']:.4f}, real {real['mean_cos_to_centre']:.4f}")
-    return rec.finish(verification=results, dataset=dataset)
+    quality_models = {"judge (dlib)": judge.describe_all, "encoder": lambda ims: embed(encoder, ims)}
+
+    # 1. the table: every training set's FR model on every benchmark
+    results: dict[str, dict] = {n: {} for n in models}
+    roc_rows, heldout = [], None
+    for bench, path in benches.items():
+        bins, issame = read_bin(path)
+        log.warning(f"evaluate: {bench}: {len(issame)} pairs from {path.name}")
+        for name, describe in describers.items():
+            e = embed_bin(describe, bins)
+            results[name][bench] = verify_bin(e, issame, p)
+            roc_rows += [{"benchmark": bench, "training_set": name, **r} for r in roc(e[0::2], e[1::2], issame)]
+            log.warning(f"evaluate: {name} on {bench}: {results[name][bench]['accuracy']:.4f} +- {results[name][bench]['accuracy_std']:.4f}")
+        if bench == "lfw_heldout":  # to calibrate the quality models' same-person thresholds on held-out real pairs
+            heldout = (issame, {m: embed_bin(f, bins) for m, f in quality_models.items()})
+    runs = {n: json.loads((d / "run.json").read_text()).get("training", {}) for n, d in models.items()}
+    info = {n: {"images": r.get("train_images", 0) + r.get("val_images", 0),
+                "identities": r.get("train_identities", 0) + r.get("val_identities", 0),
+                "chosen_epoch": r.get("chosen_epoch"), "chosen_val_accuracy": r.get("chosen_val_accuracy")} for n, r in runs.items()}
+    table = report_table(results, info)
+    write_json(metrics / "report.json", table)
+    with atomic_path(plots / "roc.csv") as tmp:
+        pd.DataFrame(roc_rows).to_csv(tmp, index=False)
+
+    # 2. dataset quality, synthetic vs real training faces, by the judge and by the encoder
+    dm = pd.read_parquet(ds / "manifest.parquet")
+    am = pd.read_parquet(align / "manifest.parquet"); am = am[am["split"] == "train"]
+    sets = {"synthetic": (sorted(ds / s for s in dm["shard"].unique()), dm), "real": (sorted(align / s for s in am["shard"].unique()), am)}
+    detector = make_detector("mtcnn", device=dev)  # the aligner re-detects faces to measure head pose
+    emb: dict = {}
+    grid_ids = set(sorted(dm["label"].unique())[:p["grid_identities"]])
+    for s, (shards, m) in sets.items():
+        judged = first_identities(m, p["judge_max_identities"])
+        emb[("encoder", s)] = embed_set(quality_models["encoder"], shards, grid_ids=grid_ids if s == "synthetic" else ())
+        emb[("judge (dlib)", s)] = embed_set(quality_models["judge (dlib)"], shards, judged, detector)
+    judge_mean = emb[("judge (dlib)", "real")]["emb"].mean(0)
+    for s in sets:
+        emb[("judge (dlib)", s)]["emb"] = centred_unit(emb[("judge (dlib)", s)]["emb"], judge_mean)
+    heldout[1]["judge (dlib)"] = centred_unit(heldout[1]["judge (dlib)"], judge_mean)
+    calibration = {m: verify_bin(e, heldout[0], p) for m, e in heldout[1].items()}
+    thr = {m: cos_threshold(calibration[m]) for m in quality_models}
+    real_c = {mod: centres(emb[(mod, "real")]["emb"], emb[(mod, "real")]["labels"])[1] for mod in quality_models}
+    qual, panels, leak = {"synthetic": {}, "real": {}}, {}, {}
+    for s in sets:
+        for mod in quality_models:
+            e, lab = emb[(mod, s)]["emb"], emb[(mod, s)]["labels"]
+            qual[s][mod] = quality(e, lab, thr[mod], p["unique_radius"], real_c[mod] if s == "synthetic" else None)
+            panels[(mod, s)] = (*pair_cosines(e, lab, p["hist_pairs"]), thr[mod])
+        qual[s]["pose"] = pose_spread(emb[("judge (dlib)", s)]["poses"], emb[("judge (dlib)", s)]["labels"])
+    for mod in quality_models:
+        synth_c = centres(emb[(mod, "synthetic")]["emb"], emb[(mod, "synthetic")]["labels"])[1]
+        leak[mod] = {"synthetic -> nearest real": privacy_leakage(synth_c, real_c[mod]),
+                     "real -> nearest other real": real_nearest_other(real_c[mod])}
+    quality_out = {"calibration_lfw_heldout": {m: {"accuracy": c["accuracy"], "accuracy_std": c["accuracy_std"],
+                                                   "same_person_cos_threshold": thr[m]} for m, c in calibration.items()},
+                   "judge_max_identities": p["judge_max_identities"],
+                   "judge_cosines": "dlib descriptors centred on the judged real training faces' mean, then normalised", **qual}
+    write_json(metrics / "quality.json", quality_out)
+    write_markdown(metrics / "report.md", markdown(table, list(benches), qual, p["far"]))
+    cosine_histograms(plots / "cosine_hist.png", panels)
+    privacy_histogram(plots / "privacy_hist.png", leak, thr)
+    g = emb[("encoder", "synthetic")]
+    with atomic_path(plots / "sample_grid.png") as tmp:
+        sample_grid(g["grid"].astype(np.uint8), g["grid_labels"].astype(int), p["grid_identities"], p["grid_images"]).save(tmp, format="PNG")
+    for n, r in table.items():
+        log.warning(f"evaluate: {n}: average accuracy {r['average_accuracy']:.4f} over {len(r['benchmarks'])} benchmark(s)")
+    return rec.finish(report=table, quality=quality_out)

@@ -1,30 +1,33 @@
-"""The FR-training flow body shared by train_encoder (real faces) and train_fr (synthetic shards)."""
+"""The FR-training flow body shared by train_encoder (identity encoder), train_fr_real (real-data
+baseline) and train_fr (synthetic shards): split off validation identities, train, save the chosen checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from prefect import get_run_logger, task
 
-from tasks.encoder import save_encoder
-from tasks.fr_train import train_fr
+from tasks.encoder import build, save_encoder
+from tasks.fr_train import train_fr, validation_split
 
 from .caching import content_key
 from .common import RunRecord, device
 
 
 @task(cache_key_fn=content_key, persist_result=True)
-def fr_training(shards: list[Path], num_samples: int, num_classes: int, p: dict) -> tuple[dict, dict]:
+def fr_training(shards: list[Path], train: dict[str, int], val: dict[str, int], p: dict) -> tuple[dict, dict]:
     log = get_run_logger()
-    model, stats = train_fr(shards, num_samples, num_classes, p, device(), log.warning)
+    model, stats = train_fr(shards, train, val, p, device(), log.warning)
     return {k: v.cpu() for k, v in model.state_dict().items()}, stats
 
 
-def train_and_save(stage: str, shards: list[Path], num_samples: int, num_classes: int, p: dict, out: Path,
-                   inputs: dict[str, Path]) -> dict:
+def train_and_save(stage: str, shards: list[Path], manifest: pd.DataFrame, p: dict, out: Path, inputs: dict[str, Path]) -> dict:
+    """manifest: one row per training image with `key` and `label`."""
     rec = RunRecord(stage, p, out, inputs)
-    from tasks.encoder import build
-    config = {"kind": "iresnet", "arch": p["arch"], "num_classes": num_classes, "num_samples": num_samples}
-    state, stats = fr_training(shards, num_samples, num_classes, p)
+    train, val = validation_split(manifest, p["val_fraction"], p["seed"])
+    num_classes = len(set(train.values()))
+    config = {"kind": "iresnet", "arch": p["arch"], "num_classes": num_classes, "num_samples": len(train)}
+    state, stats = fr_training(shards, train, val, p)
     model = build(config)
     model.load_state_dict(state)
     save_encoder(model, config, out)

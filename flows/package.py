@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 
 from tasks.card import write_card
 from tasks.encoder import embed, load_encoder
-from tasks.fr_train import decode_image
+from tasks.shards import decode_image
 from tasks.identity import cos_to_centre
 from tasks.io import write_json, write_parquet
 from tasks.shards import read_tar, write_shards

@@ -1,4 +1,4 @@
-"""train_encoder stage: the identity encoder used inside generator losses, and the real-data FR baseline.
+"""train_encoder stage: the identity encoder used inside the generator losses, anchor solver and filters.
 
     python -m flows train-encoder     # params [encoder]; artifacts/align -> artifacts/encoder
 
@@ -6,7 +6,6 @@ With `encoder.pretrained` naming facexlib ArcFace IR-SE50 weights, those are imp
 instead of training; otherwise an IResNet + CosFace is trained on the real aligned training faces.
 """
 from __future__ import annotations
-
 
 import pandas as pd
 from prefect import flow
@@ -31,5 +30,5 @@ def train_encoder_flow(params_path: str = "params.yaml") -> dict:
     m = pd.read_parquet(align / "manifest.parquet")
     train = m[m["split"] == "train"]
     shards = sorted(align / s for s in train["shard"].unique())
-    return train_and_save("train_encoder", shards, len(train), int(train["label"].nunique()), p, out,
+    return train_and_save("train_encoder", shards, train, p, out,
                           {"manifest": align / "manifest.parquet", **{s.name: s for s in shards}})

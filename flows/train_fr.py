@@ -1,8 +1,12 @@
-"""train_fr stage: the same FR recipe as train_encoder, on the synthetic dataset's shards only.
+"""train_fr and train_fr_real stages: the one fixed FR recipe ([train_fr], METHODS.md section 5) on the
+synthetic dataset and on the real aligned training faces, so the report compares training sets, not recipes.
 
-    python -m flows train-fr          # params [train_fr]; artifacts/dataset -> artifacts/fr_synthetic
+    python -m flows train-fr          # artifacts/dataset -> artifacts/fr_synthetic
+    python -m flows train-fr-real     # artifacts/align (train split) -> artifacts/fr_real
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 from prefect import flow
@@ -12,11 +16,20 @@ from .common import params, stage_dir
 from .fr import train_and_save
 
 
+def _train(stage: str, src: Path, m: pd.DataFrame, out: str, params_path: str) -> dict:
+    shards = sorted(src / s for s in m["shard"].unique())
+    return train_and_save(stage, shards, m, params(params_path)["train_fr"], stage_dir(out),
+                          {"manifest": src / "manifest.parquet", **{s.name: s for s in shards}})
+
+
 @flow(name="train_fr")
 def train_fr_flow(params_path: str = "params.yaml") -> dict:
-    p = params(params_path)["train_fr"]
     ds = ROOT / "artifacts" / "dataset"
-    m = pd.read_parquet(ds / "manifest.parquet")
-    shards = sorted(ds / s for s in m["shard"].unique())
-    return train_and_save("train_fr", shards, len(m), int(m["label"].nunique()), p, stage_dir("fr_synthetic"),
-                          {"manifest": ds / "manifest.parquet", **{s.name: s for s in shards}})
+    return _train("train_fr", ds, pd.read_parquet(ds / "manifest.parquet"), "fr_synthetic", params_path)
+
+
+@flow(name="train_fr_real")
+def train_fr_real_flow(params_path: str = "params.yaml") -> dict:
+    align = ROOT / "artifacts" / "align"
+    m = pd.read_parquet(align / "manifest.parquet")
+    return _train("train_fr_real", align, m[m["split"] == "train"], "fr_real", params_path)

@@ -1,13 +1,15 @@
 """The fixed FR recipe: IResNet + margin head (CosFace default), SGD with warmup and step decay,
 flip / random-resized-crop / random-erasing / colour-jitter augmentation, streamed from WebDataset shards.
 
-Used twice: train_encoder (real aligned faces) and train_fr (synthetic shards).
+Used three times: train_encoder (the generator's identity encoder), train_fr_real (the real-data baseline)
+and train_fr (synthetic shards). A validation split of whole identities, carved from the training data,
+chooses the checkpoint (verification accuracy on pairs of held-out identities); the benchmarks never do.
 
-    model, stats = train_fr(shard_paths, num_samples, num_classes, params["train_fr"], device="cpu", log=print)
+    train, val = validation_split(manifest, p["val_fraction"], p["seed"])     # key -> label dicts
+    model, stats = train_fr(shard_paths, train, val, params["train_fr"], device="cpu", log=print)
 """
 from __future__ import annotations
 
-import io
 import math
 import random
 import time
@@ -17,17 +19,14 @@ from typing import Callable
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.nn import functional as F
 
 from models.iresnet import IResNet
 from models.margin import MarginHead
 
-from .encoder import build
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+from .encoder import build, embed
+from .shards import decode_image, iter_images
+from .verification import verify
 
 
 def _sample_to_tensor(sample: dict) -> tuple[torch.Tensor, int, str]:
@@ -36,15 +35,79 @@ def _sample_to_tensor(sample: dict) -> tuple[torch.Tensor, int, str]:
     return x, int(sample["cls"]), sample["__key__"]
 
 
-def loader(shards: list[Path], batch_size: int, seed: int, epoch: int, num_workers: int):
-    """One epoch of shuffled (images in [-1, 1], labels, keys) batches, decoded in loader workers."""
+class _Relabel:
+    """Keep the training split's samples and give them its contiguous labels (picklable for loader workers)."""
+
+    def __init__(self, labels: dict[str, int]):
+        self.labels = labels
+
+    def keep(self, sample: dict) -> bool:
+        return sample["__key__"] in self.labels
+
+    def __call__(self, sample: dict):
+        x, _, key = _sample_to_tensor(sample)
+        return x, self.labels[key], key
+
+
+def validation_split(manifest, fraction: float, seed: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Hold out whole identities, as the benchmarks hold out people: (train key -> contiguous label,
+    validation key -> original label). manifest: rows with `key` and `label`. At least 2 identities are
+    held out when fraction > 0, and none when fewer than 4 identities exist (then nothing chooses)."""
+    keys, labels = manifest["key"].astype(str).tolist(), manifest["label"].astype(int).tolist()
+    ids = sorted(set(labels))
+    n_val = max(2, round(fraction * len(ids))) if fraction > 0 and len(ids) >= 4 else 0
+    val_ids = set(np.random.default_rng(seed).permutation(ids)[:n_val].tolist())
+    new = {i: n for n, i in enumerate(i for i in ids if i not in val_ids)}
+    train = {k: new[c] for k, c in zip(keys, labels) if c not in val_ids}
+    val = {k: c for k, c in zip(keys, labels) if c in val_ids}
+    return train, val
+
+
+def validation_pairs(labels: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matched and mismatched index pairs, equal numbers, interleaved so contiguous folds hold both."""
+    rng = np.random.default_rng(seed)
+    pos = [(i, j) for c in np.unique(labels) for ix in [np.flatnonzero(labels == c)]
+           for a, i in enumerate(ix) for j in ix[a + 1:]]
+    n = min(len(pos), max_pairs // 2)
+    pos = [pos[k] for k in rng.permutation(len(pos))[:n]]
+    neg = []
+    while len(neg) < n:
+        i, j = rng.integers(0, len(labels), 2)
+        if labels[i] != labels[j]:
+            neg.append((i, j))
+    both = [p for pair in zip(pos, neg) for p in pair]
+    a, b = (np.array([p[k] for p in both], dtype=int) for k in (0, 1))
+    return a, b, labels[a] == labels[b]
+
+
+class Validator:
+    """Verification accuracy on pairs of held-out identities (insightface protocol, up to 10 folds)."""
+
+    def __init__(self, shards: list[Path], val: dict[str, int], max_pairs: int, seed: int):
+        batches = list(iter_images(shards, val))  # the validation split is small
+        self.images = np.concatenate([b[1] for b in batches]) if batches else np.zeros((0, 1, 1, 3), np.uint8)
+        keys = [k for b in batches for k in b[0]]
+        labels = np.array([val[k] for k in keys])
+        self.a, self.b, self.same = validation_pairs(labels, max_pairs, seed) if len(keys) else ([], [], [])
+        self.ready = len(self.same) >= 4
+
+    def __call__(self, model) -> float:
+        e = embed(model, self.images)
+        return verify(e[self.a], e[self.b], self.same, folds=min(10, len(self.same)), fars=())["accuracy"]
+
+
+def loader(shards: list[Path], batch_size: int, seed: int, epoch: int, num_workers: int, labels: _Relabel | None = None):
+    """One epoch of shuffled (images in [-1, 1], labels, keys) batches: every sample with its own `cls`,
+    or only the keys `labels` keeps, relabelled."""
     rng = random.Random(seed * 1000 + epoch)
     urls = [str(s) for s in shards]
     rng.shuffle(urls)
-    ds = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
-                         empty_check=False)
-          .shuffle(2000, rng=random.Random(seed * 1000 + epoch + 1))
-          .map(_sample_to_tensor)
+    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
+                        empty_check=False)
+    if labels is not None:
+        ds = ds.select(labels.keep)
+    ds = (ds.shuffle(2000, rng=random.Random(seed * 1000 + epoch + 1))
+          .map(labels if labels is not None else _sample_to_tensor)
           .batched(batch_size, partial=False))
     return wds.WebLoader(ds, batch_size=None, num_workers=min(num_workers, len(urls)))
 
@@ -76,8 +139,11 @@ def augment(x: torch.Tensor, a: dict, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def train_fr(shards: list[Path], num_samples: int, num_classes: int, p: dict, device: str = "cpu",
+def train_fr(shards: list[Path], train: dict[str, int], val: dict[str, int], p: dict, device: str = "cpu",
              log: Callable[[str], None] = print) -> tuple[IResNet, dict]:
+    """Train on the `train` keys (key -> contiguous label); return the checkpoint that verifies the `val`
+    identities best (the last epoch when there is no validation split)."""
+    num_samples, num_classes = len(train), len(set(train.values()))
     if num_classes < 2:
         raise ValueError(f"FR training needs at least 2 identities, got {num_classes}")
     torch.manual_seed(p["seed"])
@@ -95,11 +161,15 @@ def train_fr(shards: list[Path], num_samples: int, num_classes: int, p: dict, de
         return lr * min(1.0, (step + 1) / p["warmup_steps"]) if p["warmup_steps"] else lr
 
     g = torch.Generator().manual_seed(p["seed"])
-    step, t0, history = 0, time.time(), []
+    validate = Validator(shards, val, p["val_max_pairs"], p["seed"]) if val else None
+    if validate is not None and not validate.ready:
+        log(f"validation split of {len(val)} images gives too few pairs: the last epoch is kept"); validate = None
+    relabel = _Relabel(train)
+    step, t0, history, best = 0, time.time(), [], (-1.0, 0, None)
     model.train()
     for epoch in range(p["epochs"]):
         tot_loss = tot_acc = nb = 0
-        for x, y, _ in loader(shards, p["batch_size"], p["seed"], epoch, p["num_workers"]):
+        for x, y, _ in loader(shards, p["batch_size"], p["seed"], epoch, p["num_workers"], relabel):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             x = augment(x, p["augment"], g).to(device)
@@ -114,8 +184,23 @@ def train_fr(shards: list[Path], num_samples: int, num_classes: int, p: dict, de
                 acc = (head.logits(emb.detach()).argmax(1) == y).float().mean()
             tot_loss += float(loss.detach()); tot_acc += float(acc); nb += 1; step += 1
         rate = step * p["batch_size"] / (time.time() - t0)
-        history.append({"epoch": epoch + 1, "loss": tot_loss / max(nb, 1), "train_acc": tot_acc / max(nb, 1)})
-        log(f"epoch {epoch + 1}/{p['epochs']} loss {tot_loss / max(nb, 1):.3f} train-acc {tot_acc / max(nb, 1):.3f} "
-            f"{rate:.0f} img/s, ETA {(total - step) * p['batch_size'] / max(rate, 1e-9):.0f}s")
+        row = {"epoch": epoch + 1, "loss": tot_loss / max(nb, 1), "train_acc": tot_acc / max(nb, 1)}
+        last = epoch + 1 == p["epochs"]
+        if validate is not None and ((epoch + 1) % p["val_every"] == 0 or last):
+            model.eval()
+            row["val_accuracy"] = validate(model)
+            model.train()
+            if row["val_accuracy"] >= best[0]:  # ties go to the later, lower-lr epoch
+                best = (row["val_accuracy"], epoch + 1, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        history.append(row)
+        log(f"epoch {epoch + 1}/{p['epochs']} loss {row['loss']:.3f} train-acc {row['train_acc']:.3f} "
+            + (f"val-acc {row['val_accuracy']:.3f} " if "val_accuracy" in row else "")
+            + f"{rate:.0f} img/s, ETA {(total - step) * p['batch_size'] / max(rate, 1e-9):.0f}s")
+    if best[2] is not None:
+        model.load_state_dict(best[2])
     model.eval()
-    return model, {"steps": step, "history": history, "images_per_s": step * p["batch_size"] / (time.time() - t0)}
+    return model, {"steps": step, "history": history, "images_per_s": step * p["batch_size"] / (time.time() - t0),
+                   "train_images": num_samples, "train_identities": num_classes,
+                   "val_images": len(val), "val_identities": len(set(val.values())), "val_pairs": len(validate.same) if validate else 0,
+                   "chosen_epoch": best[1] if best[2] is not None else p["epochs"],
+                   "chosen_val_accuracy": best[0] if best[2] is not None else None}

@@ -70,6 +70,8 @@ FR_TRAIN = {
     "milestones": L(I(1)), "warmup_steps": I(0), "augment": {"flip": Spec(bool), "crop_scale": F(0.1, 1.0),
                                                             "erase_p": F(0.0, 1.0), "jitter": F(0.0, 1.0)},
     "seed": I(0), "num_workers": I(0),
+    # whole identities held out of training to choose the checkpoint (never the benchmarks)
+    "val_fraction": F(0.0, 0.5), "val_max_pairs": I(4), "val_every": I(1),
 }
 
 SCHEMA = {
@@ -99,8 +101,9 @@ SCHEMA = {
     },
     "package": {"shard_size": I(1), "min_consistency": F(-1.0, 1.0), "image_format": S(["png", "jpg"])},
     "train_fr": FR_TRAIN,
-    "evaluate": {"folds": I(2), "far": L(F(0.0, 1.0)), "judge_max_images": I(1), "grid_identities": I(1),
-                 "grid_images": I(1)},
+    "evaluate": {"folds": I(2), "far": L(F(0.0, 1.0)), "benchmarks_dir": S(), "synthetic_label": S(optional=True),
+                 "judge_max_identities": I(1), "unique_radius": F(-1.0, 1.0), "hist_pairs": I(100),
+                 "grid_identities": I(1), "grid_images": I(1)},
 }
 
 

@@ -17,17 +17,13 @@ from PIL import Image
 from torch.nn import functional as F
 
 from models.id3 import make_scheduler, id3_sample
+from .identity import centres as identity_centres
 from .anchors import derive_seed, identity_embeddings, random_anchors, tammes_anchors
-
-
-def identity_centres(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return np.stack([embeddings[labels == l].mean(0) for l in np.unique(labels)])
 
 
 def plan_identities(real: dict, p: dict) -> dict:
     emb, labels, attrs = real["embeddings"], real["labels"], real["attributes"]
-    centres = identity_centres(emb, labels)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    _, centres = identity_centres(emb, labels)
     if p["anchors"] == "tammes":
         anchors, stats = tammes_anchors(p["num_identities"], emb, centres, p["privacy_threshold"], p["anchor_iters"], p["seed"])
     else:

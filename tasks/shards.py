@@ -5,6 +5,7 @@ its content; each shard is written under a temporary name and renamed, so reader
 shard. Keys must not contain dots (WebDataset splits the extension at the first dot).
 
     infos = write_shards(samples, out_dir, "train", maxcount=1000)  # samples: dicts {"__key__", "jpg": bytes, ...}
+    for keys, images, labels in iter_images(shard_paths, keys=None, batch_size=256): ...   # decoded, streamed
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from .io import _jsonable, atomic_path, sha256_file
 
@@ -89,3 +91,24 @@ def read_tar(path) -> Iterator[dict]:
             current[ext] = tar.extractfile(m).read()
     if current is not None:
         yield current
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> uint8 HxWx3 RGB."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def iter_images(shards, keys=None, batch_size: int = 256) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """Stream (keys, uint8 NHWC images, cls labels) batches from shards, optionally only the given keys,
+    so a stage never holds a whole dataset decoded in memory."""
+    ks, ims, cls = [], [], []
+    for sh in shards:
+        for s in read_tar(sh):
+            if keys is not None and s["__key__"] not in keys:
+                continue
+            ks.append(s["__key__"]); ims.append(decode_image(s.get("jpg", s.get("png")))); cls.append(int(s.get("cls", b"-1")))
+            if len(ks) == batch_size:
+                yield ks, np.stack(ims), np.array(cls)
+                ks, ims, cls = [], [], []
+    if ks:
+        yield ks, np.stack(ims), np.array(cls)

@@ -51,6 +51,8 @@ def verify(emb_a: np.ndarray, emb_b: np.ndarray, issame, folds: int = 10, fars=(
     for f in fars:
         res[f"tar_at_far_{f:g}"] = float(np.mean(tars[f]))
         res[f"tar_at_far_{f:g}_std"] = float(np.std(tars[f]))
+        # False when the training folds hold too few impostor pairs to measure this FAR (threshold at FAR 0)
+        res[f"tar_at_far_{f:g}_resolved"] = bool(f >= res["far_resolution"])
     return res
 
 

@@ -1,6 +1,7 @@
 """End to end: `dvc repro` of the whole DAG on a micro configuration of real LFW faces, in a temporary
-copy of the project. Then: a second repro is a no-op, and changing sample.* reruns only sample and what
-follows it."""
+copy of the project. Then: a second repro is a no-op; changing sample.* reruns only sample and what
+follows it; a .bin dropped into the benchmarks folder becomes a report column (here the held-out pairs
+again, so its figures must equal lfw_heldout's exactly: reader and builder agree)."""
 import json
 import os
 import shutil
@@ -25,8 +26,11 @@ MICRO = {
     "package": {"shard_size": 5},
     "train_fr": {"arch": {"layers": [1, 1], "widths": [16, 32], "input_size": 32, "embedding_dim": 32},
                  "epochs": 1, "batch_size": 4, "milestones": [1], "warmup_steps": 1},
-    "evaluate": {"judge_max_images": 8, "grid_identities": 2, "grid_images": 2},
+    "evaluate": {"judge_max_identities": 3, "hist_pairs": 200, "grid_identities": 2, "grid_images": 2},
 }
+
+
+STAGES = ("align", "train_encoder", "train_generator", "sample", "package", "train_fr_real", "train_fr", "evaluate")
 
 
 def merge(base, over):
@@ -46,7 +50,8 @@ def run(cmd, cwd, env):
 
 def test_dvc_repro_micro(tmp_path):
     proj = tmp_path / "proj"
-    keep = ["flows", "tasks", "models", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore"]
+    keep = ["flows", "tasks", "models", "benchmarks", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".dvc/plots",
+            ".dvcignore", ".gitignore"]
     for k in keep:
         src = ROOT / k
         if src.is_dir():
@@ -62,14 +67,27 @@ def test_dvc_repro_micro(tmp_path):
     run([sys.executable, "-m", "flows", "fetch-data"], proj, env)
     run(["dvc", "add", "-q", "data"], proj, env)
     out = run(["dvc", "repro"], proj, env)
-    for stage in ("align", "train_encoder", "train_generator", "sample", "package", "train_fr", "evaluate"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out
-    ver = json.loads((proj / "metrics" / "verification.json").read_text())["lfw_heldout"]
-    for name in ("real", "synthetic"):
-        assert 0.0 <= ver[name]["accuracy"] <= 1.0 and ver[name]["pairs"] == 40 and ver[name]["folds"] == 10
-    ds = json.loads((proj / "metrics" / "dataset.json").read_text())
-    assert ds["synthetic"]["identities"] == 4 and -1 <= ds["synthetic"]["mean_cos_to_centre"] <= 1
-    assert (proj / "plots" / "sample_grid.png").stat().st_size > 0
+    report = json.loads((proj / "metrics" / "report.json").read_text())
+    assert list(report) == ["real (LFW train split)", "synthetic (id3)"]
+    for row in report.values():
+        r = row["benchmarks"]["lfw_heldout"]
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["pairs"] == 40 and r["folds"] == 10
+        assert row["average_accuracy"] == r["accuracy"] and row["chosen_epoch"] == 1
+    assert report["real (LFW train split)"]["identities"] == 12
+    md = (proj / "metrics" / "report.md").read_text()
+    assert "| real (LFW train split) |" in md and "lfw_heldout" in md
+    q = json.loads((proj / "metrics" / "quality.json").read_text())
+    for model in ("judge (dlib)", "encoder"):
+        assert q["synthetic"][model]["identities"] == (3 if "judge" in model else 4)
+        assert 0 <= q["calibration_lfw_heldout"][model]["accuracy"] <= 1
+        assert "privacy_max_cos_to_real_max" in q["synthetic"][model] and "unique_identities_r0.3" in q["real"][model]
+    assert q["real"]["pose"]["faces_found"] > 0.9  # real aligned faces are re-detected
+    for png in ("sample_grid", "cosine_hist", "privacy_hist"):
+        assert (proj / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    roc = (proj / "plots" / "roc.csv").read_text().splitlines()
+    assert roc[0] == "benchmark,training_set,threshold,fpr,tpr" and len(roc) == 1 + 2 * 400
     assert (proj / "artifacts" / "generator" / "pipeline" / "model_index.json").is_file()
     counts = json.loads((proj / "artifacts" / "align" / "counts.json").read_text())
     assert counts["accepted"] + counts["rejected"] == counts["inputs"]
@@ -77,10 +95,14 @@ def test_dvc_repro_micro(tmp_path):
     # nothing changed: a no-op
     out = run(["dvc", "repro"], proj, env)
     assert "Running stage" not in out
-    # a sample.* change reruns sample and what follows, nothing upstream
+    # a sample.* change reruns sample and what follows, nothing upstream; a new .bin reruns evaluate
     p["sample"]["seed"] = 1
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    shutil.copy(proj / "artifacts" / "evaluate" / "lfw_heldout.bin", proj / "benchmarks" / "lfw.bin")
     out = run(["dvc", "repro"], proj, env)
-    ran = {s for s in ("align", "train_encoder", "train_generator", "sample", "package", "train_fr", "evaluate")
-           if f"Running stage '{s}'" in out}
-    assert {"sample"} <= ran <= {"sample", "package", "train_fr", "evaluate"}
+    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+    assert {"sample", "evaluate"} <= ran <= {"sample", "package", "train_fr", "evaluate"}
+    report = json.loads((proj / "metrics" / "report.json").read_text())
+    for row in report.values():
+        assert set(row["benchmarks"]) == {"lfw_heldout", "lfw"}
+        assert row["benchmarks"]["lfw"] == row["benchmarks"]["lfw_heldout"]

@@ -41,3 +41,15 @@ def test_perfect_and_chance():
     assert res["accuracy"] == 1.0 and res["tar_at_far_0.001"] == 1.0
     res = verify(e, e, same, folds=10)  # every distance 0: nothing separates the classes
     assert res["accuracy"] == 0.5
+
+
+def test_far_resolution_flag():
+    rng = np.random.default_rng(1)
+    n = 2400  # 1200 impostor pairs, 1080 in each 9-fold training split: resolves 1e-3, not 1e-4
+    a = rng.standard_normal((n, 4)); a /= np.linalg.norm(a, axis=1, keepdims=True)
+    same = np.arange(n) % 2 == 0
+    b = np.where(same[:, None], a, rng.standard_normal((n, 4)))
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    res = verify(a, b, same, folds=10, fars=(1e-3, 1e-4))
+    assert res["tar_at_far_0.001_resolved"] and not res["tar_at_far_0.0001_resolved"]
+    assert abs(res["far_resolution"] - 1 / 1080) < 1e-12

@@ -1,0 +1,130 @@
+"""The evaluation report: one row per training set, one column per benchmark plus their average (as the
+papers' tables), the dataset-quality metrics side by side per model, and the figures (matplotlib PNGs).
+
+    rows = {"real": {"lfw_heldout": verify(...), ...}, "synthetic (id3)": {...}}
+    table = report_table(rows, info)                      # {"<set>": {..., "average_accuracy": ..}}
+    write_markdown(path, table, benchmarks, quality)      # metrics/report.md
+    cosine_histograms(path, panels);  privacy_histogram(path, series, thresholds)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .benchmarks import STANDARD
+from .io import atomic_path
+
+
+def report_table(results: dict[str, dict[str, dict]], info: dict[str, dict]) -> dict:
+    """results[training set][benchmark] = verify() output. Average over every benchmark in the row, and
+    over the papers' five when all five ran (the comparable figure)."""
+    table = {}
+    for name, per_bench in results.items():
+        accs = {b: r["accuracy"] for b, r in per_bench.items()}
+        row = {**info.get(name, {}), "benchmarks": per_bench, "average_accuracy": float(np.mean(list(accs.values())))}
+        if all(s in accs for s in STANDARD):
+            row["average_accuracy_standard5"] = float(np.mean([accs[s] for s in STANDARD]))
+        table[name] = row
+    return table
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def markdown(table: dict, benchmarks: list[str], quality: dict, fars: list[float]) -> str:
+    lines = ["# Evaluation report", "",
+             "Verification accuracy (%) of the one fixed FR recipe ([train_fr], METHODS.md section 5) trained on each "
+             "training set; insightface protocol (flip fusion, squared L2, 10 contiguous folds, threshold from "
+             "arange(0, 4, 0.01) chosen on 9 folds). Checkpoints were chosen on a validation split of held-out "
+             "training identities, never on these benchmarks.", ""]
+    has5 = any("average_accuracy_standard5" in r for r in table.values())
+    head = ["training set", "images", "identities", *benchmarks, "average"] + (["average (5 standard)"] if has5 else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in table.items():
+        cells = [name, str(r.get("images", "-")), str(r.get("identities", "-"))]
+        cells += [f"{_pct(r['benchmarks'][b]['accuracy'])} ± {_pct(r['benchmarks'][b]['accuracy_std'])}"
+                  if b in r["benchmarks"] else "-" for b in benchmarks]
+        cells.append(_pct(r["average_accuracy"]))
+        if has5:
+            cells.append(_pct(r.get("average_accuracy_standard5")))
+        lines.append("| " + " | ".join(cells) + " |")
+    for far in fars:
+        key = f"tar_at_far_{far:g}"
+        lines += ["", f"TAR (%) at FAR = {far:g} (* : the benchmark has too few impostor pairs to resolve this FAR; "
+                      "the figure is TAR at the lowest FAR it resolves)", "",
+                  "| training set | " + " | ".join(benchmarks) + " |", "|" + "---|" * (len(benchmarks) + 1)]
+        for name, r in table.items():
+            cells = []
+            for b in benchmarks:
+                v = r["benchmarks"].get(b)
+                cells.append("-" if v is None else _pct(v[key]) + ("" if v[f"{key}_resolved"] else "*"))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for set_name, per_model in quality.items():
+        models = [m for m in per_model if m != "pose"]
+        lines += ["", f"Dataset quality of the {set_name} set (METHODS.md section 7), per model", "",
+                  "| metric | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 1)]
+        for k in per_model[models[0]]:
+            lines.append(f"| {k} | " + " | ".join(_fmt(per_model[m].get(k)) for m in models) + " |")
+    poses = {s: q["pose"] for s, q in quality.items() if "pose" in q}
+    if poses:
+        keys = list(next(iter(poses.values())))
+        lines += ["", "Head pose spread within identities (faces re-detected by MTCNN, 5-landmark pose in [-1, 1])", "",
+                  "| set | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+        lines += [f"| {s} | " + " | ".join(_fmt(v[k]) for k in keys) + " |" for s, v in poses.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+
+
+def cosine_histograms(path, panels: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, float]]) -> None:
+    """panels[(model, set)] = (intra cosines, inter cosines, same-person threshold) -> one PNG grid."""
+    plt = _plt()
+    models = list(dict.fromkeys(m for m, _ in panels)); sets = list(dict.fromkeys(s for _, s in panels))
+    fig, axes = plt.subplots(len(models), len(sets), figsize=(4.5 * len(sets), 3.2 * len(models)), squeeze=False)
+    bins = np.linspace(-1, 1, 81)
+    for (m, s), (intra, inter, thr) in panels.items():
+        ax = axes[models.index(m)][sets.index(s)]
+        ax.hist(inter, bins=bins, alpha=0.6, density=True, label=f"inter-identity ({len(inter)})")
+        ax.hist(intra, bins=bins, alpha=0.6, density=True, label=f"intra-identity ({len(intra)})")
+        ax.axvline(thr, color="k", ls="--", lw=1, label=f"same-person threshold {thr:.2f}")
+        ax.set_title(f"{s} - {m}", fontsize=10); ax.set_xlabel("cosine"); ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def privacy_histogram(path, series: dict[str, dict[str, np.ndarray]], thresholds: dict[str, float]) -> None:
+    """series[model][label] = per-identity highest cosine to a real training identity."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.2), squeeze=False)
+    bins = np.linspace(-1, 1, 81)
+    for ax, (m, per) in zip(axes[0], series.items()):
+        for label, v in per.items():
+            ax.hist(v, bins=bins, alpha=0.6, density=True, label=f"{label} ({len(v)})")
+        ax.axvline(thresholds[m], color="k", ls="--", lw=1, label=f"same-person threshold {thresholds[m]:.2f}")
+        ax.set_title(f"highest cosine to a real training identity - {m}", fontsize=9); ax.set_xlabel("cosine")
+        ax.legend(fontsize=7)
+    _save(fig, path)
