@@ -22,11 +22,21 @@ from .identity import centres, cos_to_centre
 
 def unique_identities(c: np.ndarray, radius: float) -> int:
     """Greedy r-ball count over unit centres in their given order (deterministic)."""
-    kept: list[np.ndarray] = []
+    kept, n = np.empty_like(c), 0
     for v in c:
-        if not kept or float(np.max(np.stack(kept) @ v)) < radius:
-            kept.append(v)
-    return len(kept)
+        if n == 0 or float((kept[:n] @ v).max()) < radius:
+            kept[n] = v
+            n += 1
+    return n
+
+
+def _cos_rows(a: np.ndarray, b: np.ndarray, same: bool, block: int = 2048):
+    """Yield (row offset, a-block @ b.T) with self-pairs at -inf when a is b: 10K x 10K never at once."""
+    for i in range(0, len(a), block):
+        s = a[i:i + block] @ b.T
+        if same:
+            s[np.arange(len(s)), np.arange(i, i + len(s))] = -np.inf
+        yield i, s
 
 
 def pair_cosines(emb: np.ndarray, identity: np.ndarray, max_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -49,15 +59,13 @@ def pair_cosines(emb: np.ndarray, identity: np.ndarray, max_pairs: int, seed: in
 
 def privacy_leakage(synth_centres: np.ndarray, real_centres: np.ndarray) -> np.ndarray:
     """Per synthetic identity: the highest cosine to any real identity centre."""
-    return (synth_centres @ real_centres.T).max(1)
+    return np.concatenate([s.max(1) for _, s in _cos_rows(synth_centres, real_centres, False)] or [np.zeros(0)])
 
 
 def real_nearest_other(real_centres: np.ndarray) -> np.ndarray:
     """Per real identity: the highest cosine to any other real identity - how close distinct real people
     come at the centre level, the reference a synthetic identity's leakage is read against."""
-    s = real_centres @ real_centres.T
-    np.fill_diagonal(s, -np.inf)
-    return s.max(1)
+    return np.concatenate([s.max(1) for _, s in _cos_rows(real_centres, real_centres, True)] or [np.zeros(0)])
 
 
 def quality(emb: np.ndarray, identity: np.ndarray, threshold: float, radius: float,
@@ -65,8 +73,10 @@ def quality(emb: np.ndarray, identity: np.ndarray, threshold: float, radius: flo
     identity = np.asarray(identity)
     _, c = centres(emb, identity)
     cons = cos_to_centre(emb, identity)
-    cc = c @ c.T
-    off = cc[~np.eye(len(c), dtype=bool)]
+    total, count, top = 0.0, 0, -np.inf
+    for _, blk in _cos_rows(c, c, True):
+        fin = blk[np.isfinite(blk)]
+        total, count, top = total + float(fin.sum()), count + len(fin), max(top, float(fin.max(initial=-np.inf)))
     intra, inter = pair_cosines(emb, identity, max_pairs)
     out = {
         "images": int(len(emb)), "identities": int(len(c)), "same_person_cos_threshold": float(threshold),
@@ -75,8 +85,8 @@ def quality(emb: np.ndarray, identity: np.ndarray, threshold: float, radius: flo
         "intra_pair_cos_mean": float(intra.mean()) if len(intra) else None,
         "inter_pair_cos_mean": float(inter.mean()) if len(inter) else None,
         "inter_pairs_same_person": float((inter >= threshold).mean()) if len(inter) else None,
-        "centre_cos_mean": float(off.mean()) if len(off) else None,
-        "centre_cos_max": float(off.max()) if len(off) else None,
+        "centre_cos_mean": total / count if count else None,
+        "centre_cos_max": top if count else None,
         f"unique_identities_r{radius:g}": unique_identities(c, radius),
         "unique_identities_at_threshold": unique_identities(c, threshold),
         "embedding_spread": float(1.0 - intra.mean()) if len(intra) else None,  # 1 - mean intra-pair cosine
