@@ -11,7 +11,6 @@ lists, tuples and booleans; any global (os.system, numpy, ...) is refused with U
 """
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -20,8 +19,11 @@ import numpy as np
 from PIL import Image
 
 from .io import atomic_path
+from .shards import decode_image
 
 STANDARD = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")  # the papers' five, in their column order
+LFW_PEOPLE = ("lfw", "calfw", "cplfw")  # built from LFW's people: not held out from a model trained on LFW
+HELDOUT = "lfw_heldout"                 # built by the evaluate stage; a user file may not take its name
 IMAGE_SIZE = 112
 
 
@@ -57,7 +59,7 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
             obj = RestrictedUnpickler(f, encoding="bytes").load()
         except UnsafeBenchmarkFile as e:
             raise UnsafeBenchmarkFile(f"{path}: {e}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        except Exception as e:  # any malformed opcode stream (BUILD on a list, bad memo, deep nesting...)
             raise ValueError(f"{path}: not a readable .bin pickle ({type(e).__name__}: {e})") from None
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], list) and isinstance(obj[1], list)):
         raise ValueError(f"{path}: expected (list of image bytes, list of booleans), got {type(obj).__name__}")
@@ -93,10 +95,8 @@ def build_bin(pairs: Iterable[tuple[str, str, bool]], images: Mapping[str, bytes
 
 def decode(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     """uint8 HxWx3 RGB at size x size (insightface resizes any other size the same way)."""
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
-    return np.asarray(im)
+    im = decode_image(data)
+    return im if im.shape[:2] == (size, size) else np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
 
 
 def decoded_batches(bins: list[bytes], batch_size: int = 256, size: int = IMAGE_SIZE) -> Iterator[np.ndarray]:
@@ -109,4 +109,6 @@ def find_bins(folder: str | Path) -> dict[str, Path]:
     """Every *.bin under folder, named by file stem; the five standard ones first, in the papers' order."""
     folder = Path(folder)
     found = {p.stem: p for p in sorted(folder.glob("*.bin"))} if folder.is_dir() else {}
+    if HELDOUT in found:
+        raise ValueError(f"{found[HELDOUT]}: the name {HELDOUT}.bin is reserved for the held-out pairs the evaluate stage builds")
     return {k: found[k] for k in [s for s in STANDARD if s in found] + [s for s in found if s not in STANDARD]}

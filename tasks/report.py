@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .benchmarks import STANDARD
-from .io import atomic_path
+from .benchmarks import HELDOUT, STANDARD
+from .io import atomic_path, write_bytes
 
 
 def report_table(results: dict[str, dict[str, dict]], info: dict[str, dict]) -> dict:
-    """results[training set][benchmark] = verify() output. Average over every benchmark in the row, and
-    over the papers' five when all five ran (the comparable figure)."""
+    """results[training set][benchmark] = verify() output. The average is over the benchmark files (the
+    held-out LFW folds alone when there are none, so LFW pairs never count twice), and over the papers'
+    five when all five ran (the comparable figure). info[name]["not_held_out"] lists benchmarks whose
+    people that training set saw."""
     table = {}
     for name, per_bench in results.items():
         accs = {b: r["accuracy"] for b, r in per_bench.items()}
-        row = {**info.get(name, {}), "benchmarks": per_bench, "average_accuracy": float(np.mean(list(accs.values())))}
+        averaged = [b for b in accs if b != HELDOUT] or list(accs)
+        row = {**info.get(name, {}), "benchmarks": per_bench, "average_accuracy": float(np.mean([accs[b] for b in averaged])),
+               "average_over": averaged}
         if all(s in accs for s in STANDARD):
             row["average_accuracy_standard5"] = float(np.mean([accs[s] for s in STANDARD]))
         table[name] = row
@@ -51,13 +55,20 @@ def markdown(table: dict, benchmarks: list[str], quality: dict, fars: list[float
     for name, r in table.items():
         cells = [name, str(r.get("images", "-")), str(r.get("identities", "-"))]
         cells += [f"{_pct(r['benchmarks'][b]['accuracy'])} ± {_pct(r['benchmarks'][b]['accuracy_std'])}"
-                  if b in r["benchmarks"] else "-" for b in benchmarks]
+                  + (" †" if b in r.get("not_held_out", ()) else "") if b in r["benchmarks"] else "-" for b in benchmarks]
         cells.append(_pct(r["average_accuracy"]))
         if has5:
             cells.append(_pct(r.get("average_accuracy_standard5")))
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r.get("not_held_out") for r in table.values()):
+        lines += ["", "† that training set contains this benchmark's people (LFW, CALFW and CPLFW are built from LFW's "
+                      "people): not a held-out figure. `lfw_heldout` is."]
+    lines += ["", "The average is over " + ", ".join(next(iter(table.values()))["average_over"]) + "."] if table else []
     for far in fars:
         key = f"tar_at_far_{far:g}"
+        if not any(v[f"{key}_resolved"] for r in table.values() for v in r["benchmarks"].values()):
+            lines += ["", f"TAR at FAR = {far:g}: no benchmark here has enough impostor pairs to resolve it."]
+            continue
         lines += ["", f"TAR (%) at FAR = {far:g} (* : the benchmark has too few impostor pairs to resolve this FAR; "
                       "the figure is TAR at the lowest FAR it resolves)", "",
                   "| training set | " + " | ".join(benchmarks) + " |", "|" + "---|" * (len(benchmarks) + 1)]
@@ -83,8 +94,7 @@ def markdown(table: dict, benchmarks: list[str], quality: dict, fars: list[float
 
 
 def write_markdown(path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_bytes(path, text.encode())
 
 
 def _plt():

@@ -96,10 +96,17 @@ def test_build_bin_from_lfw_pairs_round_trip(tmp_path, lfw_files):
         build_bin([("a", "b", True)], {"a": b"1"})
 
 
-def test_write_bin_is_atomic_and_checked(tmp_path):
+def test_write_bin_checked_and_reserved_name(tmp_path):
     with pytest.raises(ValueError):
         write_bin(tmp_path / "x.bin", [b"a"], [True])
     assert not list(tmp_path.iterdir())
     write_bin(tmp_path / "x.bin", [b"a", b"b"], [np.bool_(True)])
     assert read_bin(tmp_path / "x.bin")[1].tolist() == [True]
     assert list(find_bins(tmp_path)) == ["x"]
+    write_bin(tmp_path / "lfw_heldout.bin", [b"a", b"b"], [True])  # would silently replace the calibration set
+    with pytest.raises(ValueError, match="reserved"):
+        find_bins(tmp_path)
+    # malformed opcode streams end as a clear ValueError, whatever the unpickler trips on
+    (tmp_path / "bad.bin").write_bytes(b"\x80\x04]}b.")  # BUILD on a list
+    with pytest.raises(ValueError, match="not a readable"):
+        read_bin(tmp_path / "bad.bin")

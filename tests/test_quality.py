@@ -6,7 +6,9 @@ from PIL import Image
 
 from tasks.align import make_detector
 from tasks.lfw import ZipImages
-from tasks.quality import face_poses, pair_cosines, pose_spread, privacy_leakage, quality, unique_identities
+import tasks.quality as tq
+from tasks.quality import (face_poses, loo_cos_to_centre, pair_cosines, pose_spread, privacy_leakage, quality,
+                           real_nearest_other, unique_identities)
 
 
 def unit(x):
@@ -51,3 +53,25 @@ def test_pose_spread_and_real_face_poses(lfw_files):
     face = np.asarray(Image.fromarray(img[40:210, 40:210]).resize((112, 112), Image.BICUBIC))
     p = face_poses(np.stack([face, noise[:112, :112]]), make_detector("mtcnn"))
     assert not np.isnan(p[0]).any() and np.all(np.abs(p[0]) <= 1) and np.isnan(p[1]).all()
+
+
+def test_blockwise_maxima_match_dense(monkeypatch):
+    rng = np.random.default_rng(2)
+    a, b = unit(rng.standard_normal((7, 5))), unit(rng.standard_normal((9, 5)))
+    dense_self = a @ a.T
+    np.fill_diagonal(dense_self, -np.inf)
+    off = (a @ a.T)[~np.eye(7, dtype=bool)]
+    for block in (2, 3, 2048):  # blocks that split the rows unevenly, and one block
+        monkeypatch.setattr(tq, "BLOCK", block)
+        np.testing.assert_allclose(privacy_leakage(a, b), (a @ b.T).max(1))
+        np.testing.assert_allclose(real_nearest_other(a), dense_self.max(1))
+        q = quality(a, np.arange(7), 0.3, 0.3)
+        assert abs(q["centre_cos_mean"] - off.mean()) < 1e-12 and abs(q["centre_cos_max"] - off.max()) < 1e-12
+
+
+def test_leave_one_out_consistency_and_empty_set():
+    e = unit(np.array([[1.0, 0], [1, 0.2], [0, 1], [0.3, 1], [1, 1]]))
+    loo = loo_cos_to_centre(e, np.array([0, 0, 1, 1, 2]))
+    np.testing.assert_allclose(loo[:4], [e[0] @ e[1], e[0] @ e[1], e[2] @ e[3], e[2] @ e[3]])
+    assert np.isnan(loo[4])  # a singleton has no other images
+    assert quality(np.zeros((0, 4)), np.zeros(0, int), 0.3, 0.3, real_centres=np.eye(4))["images"] == 0
