@@ -25,5 +25,5 @@ def lfw_files() -> Path:
 def prefect_harness(tmp_path_factory):
     import flows  # noqa: F401  (sets the offline Prefect environment)
     from prefect.testing.utilities import prefect_test_harness
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):  # a cold, busy 2-core machine needs more than 30 s
         yield
