@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 
 from tasks import lfw
 from tasks.align import align_items, make_detector
+from tasks.attributes import HOPENET_FILE, make_age_estimator, make_pose_estimator
 from tasks.io import write_json, write_parquet
 from tasks.shards import write_shards
 
@@ -28,10 +29,11 @@ _DETECTORS: dict = {}
 def align_chunk(zip_path: Path, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
     """members: [key, zip member, meta]; the cache key hashes the archive's bytes."""
     zf = lfw.ZipImages(zip_path)
-    key = (p["detector"], p["weights_dir"])
-    if key not in _DETECTORS:  # one detector per process, not one per chunk
-        _DETECTORS[key] = make_detector(p["detector"], ROOT / p["weights_dir"], device())
-    det = _DETECTORS[key]
+    key = (p["detector"], p["weights_dir"], p["pose"], p["age_estimator"])
+    if key not in _DETECTORS:  # one detector (and attribute estimators) per process, not one per chunk
+        _DETECTORS[key] = (make_detector(p["detector"], ROOT / p["weights_dir"], device()),
+                           make_pose_estimator(p["pose"], ROOT / p["weights_dir"], device()), make_age_estimator(p["age_estimator"]))
+    det, pose, age = _DETECTORS[key]
     items = []
     for key, member, meta in members:
         try:
@@ -39,7 +41,24 @@ def align_chunk(zip_path: Path, members: list[list], p: dict) -> tuple[list[dict
         except (FileNotFoundError, OSError) as e:
             raw, meta = b"", {**meta, "read_error": str(e)}
         items.append((key, member, raw, meta))
-    return align_items(items, det, p)
+    return align_items(items, det, p, pose, age)
+
+
+def write_attribute_pool(out: Path, manifest: pd.DataFrame, p: dict) -> None:
+    """attributes.parquet: the real training faces' attributes that ID3 conditions on and samples from;
+    attributes.json says which estimators produced them and what is missing."""
+    cols = ["key", "label", "yaw", "pitch", "roll", "yaw_deg", "pitch_deg", "roll_deg", "age"]
+    train = manifest[manifest["split"] == "train"]
+    write_parquet(out / "attributes.parquet", train[cols].sort_values("key").reset_index(drop=True))
+    sources = sorted(train["pose_source"].unique())
+    has_age = bool(train["age"].notna().any())
+    write_json(out / "attributes.json", {
+        "conditioning": ["yaw", "pitch", "roll"], "faces": len(train), "pose_source": sources,
+        "pose_note": "PnP of the 5 detector landmarks on a generic 3-D template" if sources == ["pnp"] else
+                     f"facexlib HopeNet ({HOPENET_FILE})",
+        "age": f"estimated by {p['age_estimator']}" if has_age else
+               "not estimated: no age estimator configured (align.age_estimator); the column is empty, never guessed",
+        "pose_std_deg": {c: float(train[f"{c}_deg"].std()) for c in ("yaw", "pitch", "roll")}})
 
 
 @flow(name="align")
@@ -87,6 +106,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
             rows.append({**{k: v for k, v in a.items() if k != "jpg"}, "label": label.get(a["identity"], -1), "shard": shard})
     manifest = pd.DataFrame(rows)
     write_parquet(out / "manifest.parquet", manifest)
+    write_attribute_pool(out, manifest, p)
     write_parquet(out / "rejects.parquet", pd.DataFrame(rejected, columns=sorted({"key", "source", "reason", "split", "identity", "fold"} | {k for r in rejected for k in r})))
     ok = set(manifest["key"])
     prs = [{"fold": q.fold, "key_a": key_of(lfw.image_path(q.name_a, q.idx_a)), "key_b": key_of(lfw.image_path(q.name_b, q.idx_b)),

@@ -1,6 +1,6 @@
 """sample stage: anchors -> identity embeddings -> images, fanned out over blocks of identities.
 
-    python -m flows sample    # params [sample]; artifacts/{generator,encoder} -> artifacts/sample
+    python -m flows sample    # params [sample]; artifacts/{generator,encoder,align} -> artifacts/sample
 
 Each block is a Prefect task whose cache key is the content of the generator and encoder files, the
 params and the block's identities; a rerun after a crash renders only the blocks it had not finished.
@@ -50,8 +50,9 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
     p = params(params_path)["sample"]
     gen, enc = ROOT / "artifacts" / "generator", ROOT / "artifacts" / "encoder"
     out = stage_dir("sample")
-    rec = RunRecord("sample", p, out, {"generator": gen, "encoder": enc})
-    plan = plan_identities(dict(np.load(gen / "real_stats.npz")), p)
+    rec = RunRecord("sample", p, out, {"generator": gen, "encoder": enc, "attributes": ROOT / "artifacts" / "align" / "attributes.parquet"})
+    pool = pd.read_parquet(ROOT / "artifacts" / "align" / "attributes.parquet")[["yaw", "pitch", "roll"]].to_numpy()
+    plan = plan_identities(dict(np.load(gen / "real_stats.npz")), p, pool)
     ids = list(range(p["num_identities"]))
     blocks = [ids[i:i + p["block_size"]] for i in range(0, len(ids), p["block_size"])]
     block_of = {i: b for b, blk in enumerate(blocks) for i in blk}

@@ -3,7 +3,8 @@
     python -m flows train-generator   # params [generator]; artifacts/{align,encoder} -> artifacts/generator
 
 Writes artifacts/generator/pipeline (diffusers format: `ID3Pipeline.from_pretrained`) and
-real_stats.npz (real identity embeddings, labels and the pose pool that sampling draws from).
+real_stats.npz (the encoder's embeddings, labels and keys of the real training faces, for anchors).
+Conditioning attributes come from the align stage's pool, artifacts/align/attributes.parquet.
 Checkpoints go to artifacts/generator_ckpt (kept between runs), so a killed run resumes.
 """
 from __future__ import annotations
@@ -22,19 +23,18 @@ from .common import RunRecord, device, params, stage_dir
 
 
 @task(cache_key_fn=content_key, persist_result=True)
-def train_generator_task(shards: list, encoder_dir, manifest, p: dict) -> tuple[dict, dict, dict]:
+def train_generator_task(shards: list, encoder_dir, attributes, p: dict) -> tuple[dict, dict, dict]:
     log = get_run_logger()
     dev = device()
     enc = load_encoder(encoder_dir, dev)
-    m = pd.read_parquet(manifest)
-    m = m[m["split"] == "train"]
+    pool = pd.read_parquet(attributes)
     keys, labels, embs = real_embeddings(enc, shards, p["resolution"], dev)
     emb_of = dict(zip(keys, embs))
-    attr_of = {k: np.array([y, pi, r], np.float32) for k, y, pi, r in zip(m["key"], m["yaw"], m["pitch"], m["roll"])}
-    fingerprint = content_key(None, {"shards": list(shards), "encoder": encoder_dir, "manifest": manifest})
-    pipe, stats = train_id3(shards, emb_of, attr_of, len(m), enc, p, ROOT / "artifacts" / "generator_ckpt", dev, log.warning,
+    attr_of = {k: np.array([y, pi, r], np.float32) for k, y, pi, r in zip(pool["key"], pool["yaw"], pool["pitch"], pool["roll"])}
+    fingerprint = content_key(None, {"shards": list(shards), "encoder": encoder_dir, "attributes": attributes})
+    pipe, stats = train_id3(shards, emb_of, attr_of, len(pool), enc, p, ROOT / "artifacts" / "generator_ckpt", dev, log.warning,
                             fingerprint)
-    real = {"embeddings": embs, "labels": labels, "attributes": np.stack([attr_of[k] for k in keys])}
+    real = {"embeddings": embs, "labels": labels, "keys": np.array(keys)}
     return {"unet": pipe.unet.state_dict(), "conditioner": pipe.conditioner.state_dict()}, real, stats
 
 
@@ -45,9 +45,9 @@ def train_generator_flow(params_path: str = "params.yaml") -> dict:
     out = stage_dir("generator")
     m = pd.read_parquet(align / "manifest.parquet")
     shards = sorted(align / s for s in m[m["split"] == "train"]["shard"].unique())
-    rec = RunRecord("train_generator", p, out, {"manifest": align / "manifest.parquet", "encoder": enc_dir,
+    rec = RunRecord("train_generator", p, out, {"attributes": align / "attributes.parquet", "encoder": enc_dir,
                                                 **{s.name: s for s in shards}})
-    states, real, stats = train_generator_task(shards, enc_dir, align / "manifest.parquet", p)
+    states, real, stats = train_generator_task(shards, enc_dir, align / "attributes.parquet", p)
     pipe = build_pipeline(p, real["embeddings"].shape[1])
     pipe.unet.load_state_dict(states["unet"])
     pipe.conditioner.load_state_dict(states["conditioner"])

@@ -50,9 +50,26 @@ class ID3Conditioner(ModelMixin, ConfigMixin):
         return self.null_token.expand(n, -1, -1)
 
 
-def logistic_weight(t: torch.Tensor, T: int) -> torch.Tensor:
-    """lambda_t = kappa_t = 0.5 * (1 - sigmoid(-t/T)): the default ID3 time schedule."""
-    return 0.5 * (1 - torch.sigmoid(-t.float() / T))
+SCHEDULES = ("logistic", "linear", "constant")
+
+
+def time_weight(t: torch.Tensor, T: int, kind: str = "logistic") -> torch.Tensor:
+    """lambda_t = kappa_t for t in 1..T. "logistic": 0.5 * (1 - sigmoid(-t/T)), the paper's shape and the
+    default; "linear": 1 - t/T (weight where x0_hat is sharp); "constant": 0.5."""
+    t = t.float()
+    if kind == "logistic":
+        return 0.5 * (1 - torch.sigmoid(-t / T))
+    if kind == "linear":
+        return 1 - t / T
+    if kind == "constant":
+        return torch.full_like(t, 0.5)
+    raise ValueError(f"unknown time schedule {kind!r}: use one of {SCHEDULES}")
+
+
+def autocast(device: torch.device | str):
+    """bf16 autocast on CUDA; a no-op elsewhere (CPU runs stay fp32 and bit-reproducible)."""
+    dev = torch.device(device)
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -62,7 +79,8 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) ->
 
 def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor], torch.Tensor], scheduler,
              x0: torch.Tensor, y: torch.Tensor, s: torch.Tensor, generator: torch.Generator | None = None,
-             cond_drop: float = 0.1, lambda_scale: float = 1.0, kappa_scale: float = 1.0) -> dict:
+             cond_drop: float = 0.1, lambda_scale: float = 1.0, kappa_scale: float = 1.0,
+             schedule: str = "logistic") -> dict:
     """The three-term ID-preserving loss. `encoder` maps images in [-1, 1] to L2-normalised embeddings
     and must be frozen (its parameters need no grad); gradients still flow through it to x0_hat."""
     n = x0.shape[0]
@@ -72,15 +90,21 @@ def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor]
     eps = torch.randn(x0.shape, generator=generator, device="cpu").to(dev, x0.dtype)
     x_t = scheduler.add_noise(x0, eps, t)
     drop = torch.rand(n, generator=generator, device="cpu").to(dev) < cond_drop
-    ctx = conditioner(y, s, drop)
-    eps_hat = unet(x_t, t, encoder_hidden_states=ctx).sample
+    with autocast(dev):
+        ctx = conditioner(y, s, drop)
+        eps_hat = unet(x_t, t, encoder_hidden_states=ctx).sample.float()
     mse = F.mse_loss(eps_hat, eps)
     alpha_bar = scheduler.alphas_cumprod.to(dev)[t]
     x0_hat = predict_x0(x_t, eps_hat, alpha_bar)
-    w = logistic_weight(t + 1, T)  # t is 0-based in diffusers; METHODS uses 1..T
+    w = time_weight(t + 1, T, schedule)  # t is 0-based in diffusers; METHODS uses 1..T
     rec = ((x0_hat - x0) ** 2).flatten(1).mean(1)
     keep = (~drop).float()  # the identity terms only make sense where the condition was given
-    idsim = (encoder(x0_hat) * y).sum(1)
+    if kappa_scale:
+        with autocast(dev):
+            idsim = (encoder(x0_hat).float() * y).sum(1)
+    else:  # the "no identity loss" ablation: skip the encoder pass entirely
+        with torch.no_grad():
+            idsim = (encoder(x0_hat).float() * y).sum(1)
     loss = mse + (lambda_scale * w * rec).mean() - (kappa_scale * w * idsim * keep).sum() / keep.sum().clamp(min=1)
     return {"loss": loss, "mse": mse.detach(), "rec": rec.mean().detach(), "id": (idsim * keep).sum().detach() / keep.sum().clamp(min=1)}
 
@@ -103,10 +127,16 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Te
 def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s: torch.Tensor, seeds: Sequence[int],
                num_inference_steps: int = 20, guidance_scale: float = 1.0, id_weight: float = 0.0,
                beta: float = 0.0, encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               others: torch.Tensor | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
+               others: torch.Tensor | None = None, exclude: torch.Tensor | None = None,
+               guidance_schedule: str = "x0") -> torch.Tensor:
     """ID-preserving sampling with the adjusted gradient field.
 
-    eps~ = eps - id_weight * sqrt(1 - alpha_bar_t) * grad_x_t [<y, f(x0_hat)> - beta * max_j <y_j, f(x0_hat)>]
+    eps~ = eps - w_t * sqrt(1 - alpha_bar_t) * grad_x_t [<y, f(x0_hat)> - beta * max_j <y_j, f(x0_hat)>]
+
+    w_t = id_weight ("constant", the formula read literally) or id_weight * alpha_bar_t / (1 - alpha_bar_t)
+    ("x0", default): the implied step on x0_hat is (1 - ab)/ab * w_t * grad_x0_hat, which with a constant
+    w_t is ~1e4 times larger at the first DDIM step than at the last and overshoots (measured: the
+    cosine to the target turns negative); the "x0" weight makes it id_weight * grad_x0_hat at every step.
     `others` (M x D) are the identities for the reversed term (e.g. all anchors); `exclude` (N x M, bool)
     marks, per image, the entries of its own identity, which the max must skip.
     """
@@ -126,15 +156,17 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
         tt = torch.full((x.shape[0],), int(t), device=dev, dtype=torch.long)
         with torch.set_grad_enabled(bool(id_weight)):
             x_in = x.detach().requires_grad_(bool(id_weight))
-            if guidance_scale != 1.0:
-                both = unet(torch.cat([x_in, x_in]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([ctx, null])).sample
-                eps_c, eps_u = both.chunk(2)
-                eps = eps_u + guidance_scale * (eps_c - eps_u)
-            else:
-                eps = unet(x_in, tt, encoder_hidden_states=ctx).sample
+            with autocast(dev):
+                if guidance_scale != 1.0:
+                    both = unet(torch.cat([x_in, x_in]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([ctx, null])).sample
+                    eps_c, eps_u = both.float().chunk(2)
+                    eps = eps_u + guidance_scale * (eps_c - eps_u)
+                else:
+                    eps = unet(x_in, tt, encoder_hidden_states=ctx).sample.float()
             if id_weight:
                 ab = alphas[tt]
-                emb = encoder(predict_x0(x_in, eps, ab))
+                with autocast(dev):
+                    emb = encoder(predict_x0(x_in, eps, ab)).float()
                 score = (emb * y).sum(1)
                 if beta and others is not None and len(others):
                     sims = emb @ others.to(dev).T
@@ -142,13 +174,18 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
                         sims = sims.masked_fill(exclude.to(dev), -math.inf)
                     score = score - beta * sims.max(1).values.clamp(min=-1)
                 grad = torch.autograd.grad(score.sum(), x_in)[0]
-                eps = eps.detach() - id_weight * (1 - ab).sqrt().view(-1, 1, 1, 1) * grad
+                w = id_weight * (ab / (1 - ab) if guidance_schedule == "x0" else torch.ones_like(ab))
+                eps = eps.detach() - (w * (1 - ab).sqrt()).view(-1, 1, 1, 1) * grad
         x = scheduler.step(eps.detach(), t, x).prev_sample
     return x.clamp(-1, 1)
 
 
 class ID3Pipeline(DiffusionPipeline):
-    """unet + conditioner + scheduler, saved and loaded with save_pretrained / from_pretrained."""
+    """unet + conditioner + scheduler, saved and loaded with save_pretrained / from_pretrained.
+
+    `pipe(embeddings, attributes, seeds)` renders given identity embeddings; `pipe.sample_anchors(...)`
+    does METHODS.md steps 2-4 from an anchor file (e.g. artifacts/sample/anchors.npy) outside the DAG.
+    """
 
     def __init__(self, unet, conditioner: ID3Conditioner, scheduler):
         super().__init__()
@@ -157,7 +194,61 @@ class ID3Pipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, embeddings: torch.Tensor, attributes: torch.Tensor, seeds: Sequence[int],
                  num_inference_steps: int = 20, sampler: str = "ddim", guidance_scale: float = 1.0,
-                 id_weight: float = 0.0, beta: float = 0.0, encoder=None, others=None, exclude=None) -> torch.Tensor:
+                 id_weight: float = 0.0, beta: float = 0.0, encoder=None, others=None, exclude=None,
+                 guidance_schedule: str = "x0", output_type: str = "pt"):
+        """N x 3 x H x W in [-1, 1] ("pt"), N x H x W x 3 uint8 ("np") or a list of PIL images ("pil").
+        `encoder` maps [-1, 1] images to embeddings (normalised here); it is needed when id_weight > 0."""
         sched = make_scheduler(sampler, self.scheduler.config)
-        return id3_sample(self.unet, self.conditioner, sched, F.normalize(embeddings, dim=1), attributes, seeds,
-                          num_inference_steps, guidance_scale, id_weight, beta, encoder, others, exclude)
+        f = (lambda img: F.normalize(encoder(img), dim=1)) if encoder is not None else None
+        dev = self.unet.device
+        x = id3_sample(self.unet, self.conditioner, sched, F.normalize(torch.as_tensor(embeddings).float(), dim=1).to(dev),
+                       torch.as_tensor(attributes).float().to(dev), seeds, num_inference_steps, guidance_scale, id_weight,
+                       beta, f, others, exclude, guidance_schedule)
+        if output_type == "pt":
+            return x
+        arr = ((x.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        if output_type == "np":
+            return arr
+        if output_type == "pil":
+            from PIL import Image
+            return [Image.fromarray(a) for a in arr]
+        raise ValueError(f"unknown output_type {output_type!r}: use 'pt', 'np' or 'pil'")
+
+    def sample_anchors(self, anchors, attribute_pool, embeddings_per_identity: int = 25, images_per_embedding: int = 2,
+                       v_low: float = 0.7, v_high: float = 0.9, seed: int = 0, identities: Sequence[int] | None = None,
+                       batch_size: int = 64, output_type: str = "pil", **sampling) -> tuple[list, list[dict]]:
+        """Images of synthetic identities around anchors (an N x D array or a .npy path).
+
+        Returns (images, rows): one row per image with its identity, embedding index, seed and attributes.
+        The same (anchors, seed) give the same images for any subset of `identities`, as in the DAG, when
+        `batch_size` matches. `sampling`: num_inference_steps, sampler, guidance_scale, id_weight, beta,
+        encoder, guidance_schedule (see __call__)."""
+        import numpy as np
+        from .identities import identity_embeddings, plan_rows
+        w = np.load(anchors) if isinstance(anchors, (str, bytes)) or hasattr(anchors, "__fspath__") else np.asarray(anchors)
+        y = identity_embeddings(w, embeddings_per_identity, v_low, v_high, seed)
+        rows = plan_rows(len(w), embeddings_per_identity, images_per_embedding, attribute_pool, seed, identities)
+        return self.render_rows(y, w, rows, batch_size, output_type=output_type, **sampling), rows
+
+    def render_rows(self, embeddings, anchors, rows: list[dict], batch_size: int, output_type: str = "pt",
+                    **sampling) -> list:
+        """Render plan rows (identity, embedding, seed, yaw/pitch/roll) in fixed-shape batches.
+        `embeddings` is n x m x D (per identity, per embedding); `anchors` (n x D) are the identities the
+        reversed term pushes away from, skipping each image's own."""
+        import numpy as np
+        y = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        others = F.normalize(torch.as_tensor(np.asarray(anchors), dtype=torch.float32), dim=1).to(self.unet.device)
+        images = []
+        for b in range(0, len(rows), batch_size):
+            part = rows[b:b + batch_size]
+            n = len(part)
+            # every batch has exactly batch_size rows (the last padded with repeats): CPU kernels pick their
+            # reduction order by batch shape, so a fixed shape keeps an image's bytes independent of the subset
+            part = part + [part[-1]] * (batch_size - n)
+            emb = torch.stack([y[r["identity"], r["embedding"]] for r in part])
+            att = torch.tensor([[r["yaw"], r["pitch"], r["roll"]] for r in part], dtype=torch.float32)
+            own = torch.zeros(len(part), len(others), dtype=torch.bool)
+            own[torch.arange(len(part)), torch.tensor([r["identity"] for r in part])] = True
+            out = self(emb, att, [r["seed"] for r in part], others=others, exclude=own, output_type=output_type, **sampling)
+            images += list(out[:n])
+        return images

@@ -10,7 +10,6 @@ accepted (an aligned JPEG plus its record) or rejected with a reason; nothing ra
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .attributes import PnPPose, normalise
 from .io import sha256_bytes
 
 # insightface's ArcFace template for 112x112 crops: left eye, right eye, nose, left/right mouth corner
@@ -97,24 +97,6 @@ def warp(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarra
     return cv2.warpAffine(image, M, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
-def pose_from_landmarks(lm: np.ndarray) -> tuple[float, float, float]:
-    """Rough head pose (yaw, pitch, roll) in [-1, 1] from 5 landmarks: a geometric approximation
-    (nose offset from the eye midline for yaw, nose height between eyes and mouth for pitch,
-    eye-line angle for roll); +-1 is about a half-profile / strong tilt."""
-    le, re_, nose, lm_, rm = lm
-    roll = math.atan2(re_[1] - le[1], re_[0] - le[0])
-    c, s = math.cos(-roll), math.sin(-roll)
-    R = np.array([[c, -s], [s, c]])
-    p = (lm - le) @ R.T  # de-rolled, left eye at origin
-    iod = max(p[1, 0], 1e-6)
-    eye_mid = (p[0] + p[1]) / 2
-    mouth_mid = (p[3] + p[4]) / 2
-    yaw = (p[2, 0] - eye_mid[0]) / iod / 0.5
-    span = max(mouth_mid[1] - eye_mid[1], 1e-6)
-    pitch = ((p[2, 1] - eye_mid[1]) / span - 0.5) / 0.25
-    return (float(np.clip(yaw, -1, 1)), float(np.clip(pitch, -1, 1)), float(np.clip(roll / (math.pi / 4), -1, 1)))
-
-
 def decode(raw: bytes) -> tuple[np.ndarray | None, str, str]:
     """bytes -> (RGB uint8 array, source mode, '') or (None, '', reason)."""
     if not raw:
@@ -158,8 +140,12 @@ def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def align_items(items: list[tuple[str, str, bytes, dict]], detector, p: dict) -> tuple[list[dict], list[dict]]:
-    """Align (key, source, raw bytes, meta) items; returns (accepted records with 'jpg' bytes, rejects)."""
+def align_items(items: list[tuple[str, str, bytes, dict]], detector, p: dict, pose=None,
+                age=None) -> tuple[list[dict], list[dict]]:
+    """Align (key, source, raw bytes, meta) items; returns (accepted records with 'jpg' bytes, rejects).
+    Accepted records carry the head pose (`pose`: a tasks.attributes estimator, PnP by default) in degrees
+    (yaw_deg, ...) and normalised to [-1, 1] (yaw, ...), and `age` in years when an estimator is given."""
+    pose = pose if pose is not None else PnPPose()
     accepted, rejected, decoded = [], [], []
     for key, source, raw, meta in items:
         arr, mode, reason = decode(raw)
@@ -195,8 +181,16 @@ def align_items(items: list[tuple[str, str, bytes, dict]], detector, p: dict) ->
         box, score, lm = face
         crop = warp(arr, lm, p["output_size"])
         jpg = encode_jpeg(crop, p["jpeg_quality"])
-        yaw, pitch, roll = pose_from_landmarks(lm)
         accepted.append({"key": key, "source": source, "source_mode": mode, "score": score,
                          "box": [float(v) for v in box], "landmarks": [float(v) for v in lm.ravel()],
-                         "yaw": yaw, "pitch": pitch, "roll": roll, "sha256": sha256_bytes(jpg), "jpg": jpg, **meta})
+                         "sha256": sha256_bytes(jpg), "jpg": jpg, "_crop": crop, "_size": arr.shape[1::-1], **meta})
+    if accepted:
+        crops = np.stack([a.pop("_crop") for a in accepted])
+        sizes = np.array([a.pop("_size") for a in accepted], dtype=np.float64)
+        deg = pose(crops, np.array([a["landmarks"] for a in accepted]).reshape(-1, 5, 2), sizes)
+        ages = np.asarray(age(crops), dtype=np.float64) if age is not None else np.full(len(accepted), np.nan)
+        for a, d, n, y in zip(accepted, deg, normalise(deg), ages):
+            a.update({"yaw": float(n[0]), "pitch": float(n[1]), "roll": float(n[2]), "yaw_deg": float(d[0]),
+                      "pitch_deg": float(d[1]), "roll_deg": float(d[2]), "pose_source": pose.source,
+                      "age": float(y) if np.isfinite(y) else None})
     return accepted, rejected

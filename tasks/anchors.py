@@ -4,22 +4,21 @@
     y = identity_embeddings(anchors, m, v_low, v_high, seed)     # (n, m, d), <y, w_i> in [v_low, v_high]
 
 Tammes-style: start from a Gaussian fitted to real embeddings, then projected gradient descent on a
-soft-max repulsion energy, with two penalties: stay inside the cone real embeddings occupy (cosine to
-their mean direction not below its 5th percentile over real faces), and stay below `privacy_threshold`
-cosine to every real training identity centre.
+soft-max repulsion energy, with a penalty that keeps anchors inside the cone real embeddings occupy
+(cosine to their mean direction not below its 5th percentile over real faces). The privacy margin is
+hard: a penalty steers anchors below `privacy_threshold` cosine to every real training identity centre,
+then `enforce_margin` projects any anchor still above it onto the boundary, and the result is checked
+(an impossible margin is an error, never a silently leaky anchor set).
 """
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from models.identities import derive_seed, identity_embeddings  # noqa: F401  (re-exported)
 
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any tuple of ids, independent of batch position or process."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+MARGIN = 0.02  # anchors end at least this far below the privacy threshold
 
 
 def random_anchors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -69,20 +68,31 @@ def tammes_anchors(n: int, real: np.ndarray | None, centres: np.ndarray | None, 
     x = x.detach()
     stats = {"min_angle_deg": min_angle_deg(x.numpy()), "cone_cos": cone}
     if c_t is not None:
-        stats["max_cos_to_real_identity"] = float((x @ c_t.T).max())
+        x, moved = enforce_margin(x, c_t, privacy_threshold)
+        stats |= {"min_angle_deg": min_angle_deg(x.numpy()), "max_cos_to_real_identity": float((x @ c_t.T).max()),
+                  "projected_for_privacy": moved}
     return x.numpy(), stats
 
 
-def identity_embeddings(anchors: np.ndarray, m: int, v_low: float, v_high: float, seed: int) -> np.ndarray:
-    """y_ij = v w_i + sqrt(1 - v^2) u, u a random unit vector orthogonal to w_i, v ~ U[v_low, v_high]."""
-    n, d = anchors.shape
-    out = np.empty((n, m, d))
-    for i in range(n):
-        for j in range(m):
-            rng = np.random.default_rng(derive_seed(seed, "embedding", i, j))
-            u = rng.standard_normal(d)
-            u -= (u @ anchors[i]) * anchors[i]
-            u /= np.linalg.norm(u)
-            v = rng.uniform(v_low, v_high)
-            out[i, j] = v * anchors[i] + np.sqrt(1 - v * v) * u
-    return out
+def enforce_margin(x: torch.Tensor, centres: torch.Tensor, threshold: float, passes: int = 200) -> tuple[torch.Tensor, int]:
+    """Project every anchor above `threshold - MARGIN` cosine to a real centre back below it (the smallest
+    move along that centre), repeating while a projection pushes it over another centre. Returns the
+    anchors and how many were moved; raises when the caps of the real identities leave no room."""
+    limit = threshold - MARGIN
+    moved = torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(passes):
+        cos = x @ centres.T
+        worst, j = cos.max(1)
+        bad = worst > limit
+        if not bad.any():
+            return x, int(moved.sum())
+        moved |= bad
+        c = centres[j[bad]]
+        # rotate towards the orthogonal part, keeping its direction: the cosine to c becomes exactly `target`
+        target = limit - 1e-3
+        ortho = F.normalize(x[bad] - worst[bad][:, None] * c, dim=1)
+        x[bad] = target * c + (1 - target ** 2) ** 0.5 * ortho
+    cos = x @ centres.T
+    raise ValueError(f"privacy margin unreachable: {int((cos.max(1).values > limit).sum())} anchor(s) stay above cosine "
+                     f"{limit:.3f} to a real training identity after {passes} projections (raise sample.privacy_threshold "
+                     f"or use fewer identities)")

@@ -82,6 +82,7 @@ SCHEMA = {
         "train_folds": L(I(1, 10)), "eval_folds": L(I(1, 10)),
         "min_images_per_person": I(1), "max_images_per_person": I(1), "max_train_people": I(1),
         "max_pairs_per_fold": I(1, 300), "chunk_size": I(1), "batch_size": I(1), "shard_size": I(1),
+        "pose": S(["auto", "pnp", "hopenet"]), "age_estimator": S(optional=True),
     },
     "encoder": {"pretrained": S(optional=True), **FR_TRAIN},
     "generator": {
@@ -90,13 +91,15 @@ SCHEMA = {
                  "norm_num_groups": I(1)},
         "conditioner_dims": L(I(1)), "cond_drop": F(0.0, 1.0), "steps": I(1), "batch_size": I(1),
         "lr": F(0.0), "ema_decay": F(0.0, 1.0), "checkpoint_every": I(1), "lambda_scale": F(0.0),
-        "kappa_scale": F(0.0), "num_train_timesteps": I(2), "seed": I(0),
+        "kappa_scale": F(0.0), "id_schedule": S(["logistic", "linear", "constant"]), "num_train_timesteps": I(2),
+        "seed": I(0),
     },
     "sample": {
         "num_identities": I(2), "embeddings_per_identity": I(1), "images_per_embedding": I(1),
         "v_low": F(-1.0, 1.0), "v_high": F(-1.0, 1.0), "anchor_iters": I(0), "anchors": S(["tammes", "random"]),
         "privacy_threshold": F(-1.0, 1.0), "sampler": S(["ddim", "dpmsolver++"]), "num_inference_steps": I(1, 1000),
-        "guidance_scale": F(0.0), "id_weight": F(0.0), "beta": F(0.0), "block_size": I(1), "batch_size": I(1),
+        "guidance_scale": F(0.0), "id_weight": F(0.0), "beta": F(0.0), "guidance_schedule": S(["x0", "constant"]),
+        "block_size": I(1), "batch_size": I(1),
         "seed": I(0),
     },
     "package": {"shard_size": I(1), "min_consistency": F(-1.0, 1.0), "image_format": S(["png", "jpg"])},
@@ -125,6 +128,8 @@ def validate(raw: dict) -> dict:
     p = _validate(SCHEMA, raw, "")
     if set(p["align"]["train_folds"]) & set(p["align"]["eval_folds"]):
         raise ParamsError("align.eval_folds: must not share a fold with align.train_folds (folds are person-disjoint)")
+    if len(p["generator"]["conditioner_dims"]) < 1:
+        raise ParamsError("generator.conditioner_dims: needs at least one layer width")
     if p["sample"]["v_low"] > p["sample"]["v_high"]:
         raise ParamsError("sample.v_low: must not exceed sample.v_high")
     for sec in ("encoder", "train_fr"):

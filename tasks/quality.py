@@ -139,7 +139,8 @@ def face_poses(images: np.ndarray, detector, size: int = 112, min_score: float =
     no face is found. The same estimator runs on real and synthetic faces, so their spreads compare."""
     from PIL import Image
 
-    from .align import pick_face, pose_from_landmarks
+    from .align import pick_face
+    from .attributes import normalise, pose_pnp
     out = np.full((len(images), 3), np.nan)
     for i in range(0, len(images), 64):
         batch = [im if im.shape[0] == size else np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC))
@@ -147,7 +148,7 @@ def face_poses(images: np.ndarray, detector, size: int = 112, min_score: float =
         for j, faces in enumerate(detector.detect(batch)):
             f = pick_face(faces, batch[j].shape, min_score)
             if f is not None:
-                out[i + j] = pose_from_landmarks(f[2])
+                out[i + j] = normalise(pose_pnp(f[2], size, size))
     return out
 
 

@@ -116,7 +116,7 @@ def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[s
             s = torch.from_numpy(np.stack([attr_of[k] for k in keys])).float().to(device)
             s[:, 0] = torch.where(flip.to(device), -s[:, 0], s[:, 0])  # mirrored yaw and roll
             s[:, 2] = torch.where(flip.to(device), -s[:, 2], s[:, 2])
-            out = id3_loss(unet, cond, f, sched, x0, y, s, g, p["cond_drop"], p["lambda_scale"], p["kappa_scale"])
+            out = id3_loss(unet, cond, f, sched, x0, y, s, g, p["cond_drop"], p["lambda_scale"], p["kappa_scale"], p["id_schedule"])
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

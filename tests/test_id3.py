@@ -14,7 +14,8 @@ P = {"resolution": 16, "unet": {"block_out_channels": [32, 32], "layers_per_bloc
      "conditioner_dims": [32, 32, 32], "num_train_timesteps": 1000}
 S = {"num_identities": 3, "embeddings_per_identity": 2, "images_per_embedding": 1, "v_low": 0.7, "v_high": 0.9,
      "anchors": "tammes", "anchor_iters": 10, "privacy_threshold": 0.9, "sampler": "ddim", "num_inference_steps": 3,
-     "guidance_scale": 1.0, "id_weight": 0.0, "beta": 0.0, "batch_size": 4, "seed": 0}
+     "guidance_scale": 1.0, "id_weight": 0.0, "beta": 0.0, "guidance_schedule": "x0", "batch_size": 4, "seed": 0}
+POOL = np.random.default_rng(1).uniform(-1, 1, (20, 3))
 
 
 def tiny():
@@ -27,7 +28,7 @@ def tiny():
 def real_stats(n=12, d=16):
     rng = np.random.default_rng(0)
     e = rng.standard_normal((n, d)); e /= np.linalg.norm(e, axis=1, keepdims=True)
-    return {"embeddings": e, "labels": np.arange(n) // 3, "attributes": rng.uniform(-1, 1, (n, 3)).astype(np.float32)}
+    return {"embeddings": e, "labels": np.arange(n) // 3}
 
 
 def test_loss_trains_generator_not_encoder():
@@ -46,7 +47,7 @@ def test_save_load_and_subset_regeneration(tmp_path):
     pipe, enc = tiny()
     pipe.save_pretrained(tmp_path / "pipe")
     loaded = ID3Pipeline.from_pretrained(tmp_path / "pipe")
-    plan = plan_identities(real_stats(), S)
+    plan = plan_identities(real_stats(), S, POOL)
     full = render_block(pipe, None, plan, [0, 1, 2], S)
     again = render_block(loaded, None, plan, [0, 1, 2], S)
     assert [s["png"] for s in full] == [s["png"] for s in again]
@@ -58,7 +59,73 @@ def test_save_load_and_subset_regeneration(tmp_path):
 
 def test_identity_guidance_changes_samples():
     pipe, enc = tiny()
-    plan = plan_identities(real_stats(), S)
+    plan = plan_identities(real_stats(), S, POOL)
     plain = render_block(pipe, enc, plan, [0], S)
     guided = render_block(pipe, enc, plan, [0], {**S, "id_weight": 50.0, "beta": 0.5, "sampler": "dpmsolver++"})
     assert [s["png"] for s in plain] != [s["png"] for s in guided]
+
+
+def test_time_schedules():
+    from models.id3 import time_weight
+    t = torch.tensor([1, 500, 1000])
+    np.testing.assert_allclose(time_weight(t, 1000), 0.5 * (1 - torch.sigmoid(-t / 1000)), rtol=1e-6)
+    np.testing.assert_allclose(time_weight(t, 1000, "linear"), [0.999, 0.5, 0.0], atol=1e-6)
+    assert torch.all(time_weight(t, 1000, "constant") == 0.5)
+    try:
+        time_weight(t, 1000, "cosine")
+        raise AssertionError("an unknown schedule must be refused")
+    except ValueError as e:
+        assert "cosine" in str(e)
+
+
+def test_guided_sampling_regenerates_any_subset_byte_identically():
+    """ID-preserving field + reversed term + CFG on DPM-Solver++: still a pure function of each image's seed."""
+    pipe, enc = tiny()
+    q = {**S, "id_weight": 20.0, "beta": 0.5, "guidance_scale": 2.0, "sampler": "dpmsolver++"}
+    plan = plan_identities(real_stats(), q, POOL)
+    full = render_block(pipe, enc, plan, [0, 1, 2], q)
+    assert [s["png"] for s in render_block(pipe, enc, plan, [2], q)] == [s["png"] for s in full if s["identity"] == 2]
+    assert [s["png"] for s in render_block(pipe, enc, plan, [1, 0], q)] == [s["png"] for s in full if s["identity"] < 2]
+
+
+def test_pipeline_samples_from_an_anchor_file_like_the_dag(tmp_path):
+    """Outside the DAG: from_pretrained + an anchors .npy gives the DAG's images, as PIL or arrays."""
+    import io
+    from PIL import Image
+    pipe, enc = tiny()
+    pipe.save_pretrained(tmp_path / "pipe")
+    plan = plan_identities(real_stats(), {**S, "id_weight": 10.0, "beta": 0.2}, POOL)
+    np.save(tmp_path / "anchors.npy", plan["anchors"])
+    q = {**S, "id_weight": 10.0, "beta": 0.2}
+    dag = render_block(pipe, enc, plan, [1, 2], q)
+    loaded = ID3Pipeline.from_pretrained(tmp_path / "pipe")
+    kw = dict(num_inference_steps=S["num_inference_steps"], sampler="ddim", id_weight=10.0, beta=0.2, encoder=enc)
+    arrays, rows = loaded.sample_anchors(tmp_path / "anchors.npy", POOL, S["embeddings_per_identity"], S["images_per_embedding"],
+                                         S["v_low"], S["v_high"], S["seed"], identities=[1, 2], batch_size=S["batch_size"],
+                                         output_type="np", **kw)
+    assert [r["key"] for r in rows] == [s["key"] for s in dag]
+    for s, a in zip(dag, arrays):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(s["png"]))), a)
+    pil, _ = loaded.sample_anchors(tmp_path / "anchors.npy", POOL, 1, 1, identities=[0], batch_size=2, **kw)
+    assert pil[0].size == (16, 16) and pil[0].mode == "RGB"
+
+
+def test_conditioner_defaults_are_the_papers_mlp():
+    from models.id3 import ID3Conditioner
+    c = ID3Conditioner()
+    assert [m.out_features for m in c.mlp if isinstance(m, torch.nn.Linear)] == [512, 256, 768]
+    assert c.mlp[0].in_features == 512 + 3 and c.null(2).shape == (2, 1, 768)
+
+
+def test_no_identity_loss_ablation_keeps_encoder_out_of_the_graph():
+    pipe, enc = tiny()
+    calls = []
+    def f(x):
+        calls.append(torch.is_grad_enabled())
+        return F.normalize(enc(x), dim=1)
+    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    y = F.normalize(torch.randn(4, 16), dim=1)
+    out = id3_loss(pipe.unet, pipe.conditioner, f, pipe.scheduler, x0, y, torch.zeros(4, 3),
+                   torch.Generator().manual_seed(0), cond_drop=0.0, kappa_scale=0.0)
+    out["loss"].backward()
+    assert calls == [False] and torch.isfinite(out["id"])  # still reported, never differentiated

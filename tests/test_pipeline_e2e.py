@@ -106,3 +106,23 @@ def test_dvc_repro_micro(tmp_path):
     for row in report.values():
         assert set(row["benchmarks"]) == {"lfw_heldout", "lfw"}
         assert row["benchmarks"]["lfw"] == row["benchmarks"]["lfw_heldout"]
+    # an ablation is a DVC experiment: run variant (c) and read the table from the experiment's git ref
+    run(["git", "config", "user.name", "synthface-test"], proj, env)
+    run(["git", "config", "user.email", "test@synthface.invalid"], proj, env)
+    run(["git", "add", "-A"], proj, env)
+    run(["git", "commit", "-qm", "baseline"], proj, env)
+    out = run(["dvc", "exp", "run", "-n", "id3-beta0", "-S", "sample.beta=0"], proj, env)
+    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+    assert "sample" in ran and not ran & {"align", "train_encoder", "train_generator", "train_fr_real"}
+    exp_quality = json.loads((proj / "metrics" / "quality.json").read_text())
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
+    run(["dvc", "checkout", "--quiet"], proj, env)
+    run([sys.executable, "-m", "flows.ablation"], proj, env)
+    table = json.loads((proj / "metrics" / "ablation.json").read_text())
+    assert [r["variant"][:3] for r in table["rows"]] == ["(a)", "(c)"]
+    assert table["missing"] == ["id3-no-id-loss", "id3-random-anchors"]
+    a, c = table["rows"]
+    assert c["overrides"] == {"sample.beta": 0} and a["overrides"] == {}
+    assert a["lfw_heldout_accuracy"] == report["synthetic (id3)"]["benchmarks"]["lfw_heldout"]["accuracy"]
+    assert c["judge_consistency_mean_cos"] == exp_quality["synthetic"]["judge (dlib)"]["consistency_mean_cos_to_centre"]
+    assert "| (c) beta = 0 (no reversed term) |" in (proj / "metrics" / "ablation.md").read_text()

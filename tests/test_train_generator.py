@@ -12,7 +12,7 @@ from tasks.train_generator import train_id3
 G = {"resolution": 16, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1, "attention_head_dim": 8,
                                 "norm_num_groups": 8},
      "conditioner_dims": [32, 32, 32], "num_train_timesteps": 1000, "cond_drop": 0.1, "steps": 2, "batch_size": 4,
-     "lr": 1e-3, "ema_decay": 0.9, "checkpoint_every": 1, "lambda_scale": 1.0, "kappa_scale": 0.1, "seed": 0}
+     "lr": 1e-3, "ema_decay": 0.9, "checkpoint_every": 1, "lambda_scale": 1.0, "kappa_scale": 0.1, "id_schedule": "logistic", "seed": 0}
 
 
 def test_checkpoint_and_resume(tmp_path, lfw_files):

@@ -1,0 +1,54 @@
+"""Synthetic identities from anchors (METHODS.md section 1, steps 2-4): per-identity embeddings, attribute
+draws and per-image seeds. Pure numpy, shared by the sample stage and `ID3Pipeline.sample_anchors`.
+
+    y = identity_embeddings(anchors, m, v_low, v_high, seed)       # (n, m, d), <y_ij, w_i> in [v_low, v_high]
+    rows = plan_rows(n, m, k, attribute_pool, seed)                # one dict per image: key, seeds, attributes
+
+Every seed is derive_seed(global seed, kind, identity, embedding[, image]): never a batch position, so
+any subset of identities regenerates byte-identically.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+ATTRIBUTES = ("yaw", "pitch", "roll")
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of ids, independent of batch position or process."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+def identity_embeddings(anchors: np.ndarray, m: int, v_low: float, v_high: float, seed: int) -> np.ndarray:
+    """y_ij = v w_i + sqrt(1 - v^2) u, u a random unit vector orthogonal to w_i, v ~ U[v_low, v_high]."""
+    anchors = np.asarray(anchors, dtype=np.float64)
+    anchors = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
+    n, d = anchors.shape
+    out = np.empty((n, m, d))
+    for i in range(n):
+        for j in range(m):
+            rng = np.random.default_rng(derive_seed(seed, "embedding", i, j))
+            u = rng.standard_normal(d)
+            u -= (u @ anchors[i]) * anchors[i]
+            u /= np.linalg.norm(u)
+            v = rng.uniform(v_low, v_high)
+            out[i, j] = v * anchors[i] + np.sqrt(1 - v * v) * u
+    return out
+
+
+def plan_rows(n: int, m: int, k: int, attribute_pool: np.ndarray, seed: int, identities=None) -> list[dict]:
+    """One row per image: each (identity, embedding) draws one attribute vector from the real pool
+    (rows of yaw, pitch, roll in [-1, 1]) and each image its own noise seed."""
+    pool = np.asarray(attribute_pool, dtype=np.float64)
+    if pool.ndim != 2 or pool.shape[1] != len(ATTRIBUTES) or not len(pool):
+        raise ValueError(f"attribute pool must be a non-empty N x {len(ATTRIBUTES)} array, got shape {pool.shape}")
+    rows = []
+    for i in (range(n) if identities is None else identities):
+        for j in range(m):
+            a = pool[np.random.default_rng(derive_seed(seed, "attribute", i, j)).integers(len(pool))]
+            for r in range(k):
+                rows.append({"key": f"id{i:06d}_{j:03d}_{r:03d}", "identity": int(i), "embedding": j, "image": r,
+                             "seed": derive_seed(seed, "image", i, j, r), **{a_: float(v) for a_, v in zip(ATTRIBUTES, a)}})
+    return rows
