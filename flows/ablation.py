@@ -1,6 +1,7 @@
 """The ID3 ablation table (issue 3 / the paper's ablations): one DVC experiment per variant, one row each.
 
     python -m flows.ablation --run     # dvc exp run for each variant below, then the table
+    python -m flows.ablation --run --only id3-beta0   # one variant
     python -m flows.ablation           # the table from experiments already run (and the workspace)
 
 Variants: (a) full ID3 = the committed params (the workspace row); (b) no identity loss term
@@ -36,7 +37,8 @@ def experiment_refs() -> dict[str, str]:
     out = _git("for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps")
     refs: dict[str, str] = {}
     for ref in out.split():
-        refs.setdefault(ref.rsplit("/", 1)[-1], ref)
+        if not ref.startswith("refs/exps/exec/"):  # dvc's in-flight bookkeeping, not an experiment
+            refs.setdefault(ref.rsplit("/", 1)[-1], ref)
     return refs
 
 
@@ -65,7 +67,7 @@ def row(label: str, overrides: dict, report: dict, quality: dict) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| variant | held-out LFW acc | judge: mean cos to centre | judge: same-person share (intra) | "
+    head = ("| variant | held-out LFW acc | judge: mean cos to centre | judge: images above threshold to centre | "
             "judge: different ids passing as same | judge: unique ids | encoder: mean cos to centre | faces found |")
     lines = ["# ID3 ablation (demo scale; `python -m flows.ablation --run`)", "",
              "Identity consistency by the independent dlib judge (centred descriptors, threshold calibrated on held-out "
@@ -93,13 +95,15 @@ def run_variants(names: list[str]) -> None:
         subprocess.run(cmd, cwd=ROOT, check=True)
         # back to the committed params and outputs before the next variant (metrics and plots are
         # git-tracked, uncached DVC outputs: git restores them, dvc checkout the cached artifacts)
+        # (dvc exp run leaves params.yaml staged: unstage first, or checkout would restore the staged copy)
+        subprocess.run(["git", "reset", "-q", "--", "params.yaml", "dvc.lock", "metrics", "plots"], cwd=ROOT, check=True)
         subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], cwd=ROOT, check=True)
         subprocess.run(["dvc", "checkout", "--quiet"], cwd=ROOT, check=True)
 
 
-def ablation(run: bool = False) -> list[dict]:
+def ablation(run: bool = False, only: list[str] | None = None) -> list[dict]:
     if run:  # sampling-only variants first; the one that retrains the generator last
-        run_variants(sorted(VARIANTS, key=lambda n: "generator." in "".join(VARIANTS[n][1])))
+        run_variants(only or sorted(VARIANTS, key=lambda n: "generator." in "".join(VARIANTS[n][1])))
     refs = experiment_refs()
     rows, missing = [], []
     for name, (label, overrides) in VARIANTS.items():
@@ -112,7 +116,7 @@ def ablation(run: bool = False) -> list[dict]:
     out = ROOT / "metrics"
     write_json(out / "ablation.json", {"rows": rows, "missing": missing})
     with atomic_path(out / "ablation.md") as tmp:
-        Path(tmp).write_text(markdown(rows) + (f"\nNot run yet: {', '.join(missing)} (`python -m flows.ablation --run`).\n" if missing else ""))
+        Path(tmp).write_text(markdown(rows) + (f"\nNot run yet: {', '.join(missing)} (`python -m flows.ablation --run --only {' '.join(missing)}`).\n" if missing else ""))
     return rows
 
 
@@ -120,5 +124,7 @@ if __name__ == "__main__":
     import argparse
     ap = argparse.ArgumentParser(description="the ID3 ablation table from DVC experiments")
     ap.add_argument("--run", action="store_true", help="run the variants with dvc exp run first (commit the baseline first)")
-    for r in ablation(ap.parse_args().run):
+    ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="with --run: just these variants")
+    a = ap.parse_args()
+    for r in ablation(a.run, a.only):
         print(json.dumps(r))
