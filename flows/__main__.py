@@ -4,6 +4,9 @@ Stages: fetch-data, align, train-encoder, train-generator, sample, package, trai
 `python -m flows params --dry-run` prints the validated configuration and its hash.
 `python -m flows build-bin --pairs pairs.txt --images DIR --out lfw.bin [--folds 1 2 ..]` writes an
 insightface .bin from LFW-style pairs and already aligned images laid out as DIR/<name>/<name>_0001.jpg.
+`python -m flows release --version X.Y.Z | --bump patch [--remote NAME] [--no-push-tags]` publishes a
+release (flows/release.py); `python -m flows export --format recordio|imagefolder --out DIR` exports the
+packaged dataset (flows/export.py).
 """
 from __future__ import annotations
 
@@ -26,16 +29,24 @@ STAGES = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="synthface", description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["fetch-data", "params", "build-bin", *STAGES])
+    ap.add_argument("stage", choices=["fetch-data", "params", "build-bin", "release", "export", *STAGES])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved configuration and its hash, run nothing")
     ap.add_argument("--pairs", help="build-bin: an LFW-format pairs.txt")
     ap.add_argument("--images", help="build-bin: folder of aligned images, <name>/<name>_<idx:04d>.jpg")
-    ap.add_argument("--out", help="build-bin: the .bin to write")
+    ap.add_argument("--out", help="build-bin: the .bin to write; export: the output folder")
     ap.add_argument("--folds", type=int, nargs="*", help="build-bin: only these pairs.txt folds (1-based)")
+    ap.add_argument("--version", help="release: the semantic version to tag (vX.Y.Z)")
+    ap.add_argument("--bump", choices=["major", "minor", "patch"], default="patch", help="release: without --version")
+    ap.add_argument("--remote", help="release: the DVC remote (default: the configured default remote)")
+    ap.add_argument("--no-push-tags", action="store_true", help="release: keep the tag local")
+    ap.add_argument("--format", choices=["recordio", "imagefolder"], help="export: the output format")
+    ap.add_argument("--dataset", default="artifacts/dataset", help="export: the packaged dataset folder")
     a = ap.parse_args(argv)
     if a.stage == "build-bin":
         return build_bin_cli(a)
+    if a.stage in ("release", "export"):
+        return tool_cli(a)
     from tasks.lfw import DataError
     from tasks.params import ParamsError, load_params, params_hash
     try:
@@ -54,6 +65,28 @@ def main(argv=None) -> int:
         mod, fn = STAGES[a.stage]
         getattr(importlib.import_module(mod), fn)(a.params)
     except (ParamsError, DataError, FileNotFoundError) as e:
+        print(f"synthface {a.stage}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def tool_cli(a) -> int:
+    from pathlib import Path
+    try:
+        if a.stage == "release":
+            from .release import ReleaseError, release_flow
+            try:
+                print(json.dumps(release_flow(a.version, a.bump, a.remote, not a.no_push_tags), indent=2))
+            except ReleaseError as e:
+                print(f"synthface release: {e}", file=sys.stderr)
+                return 2
+            return 0
+        from .export import export
+        if not (a.format and a.out):
+            print("synthface export: --format and --out are required", file=sys.stderr)
+            return 2
+        print(json.dumps(export(a.format, Path(a.out), Path(a.dataset))))
+    except (FileNotFoundError, ValueError) as e:
         print(f"synthface {a.stage}: {e}", file=sys.stderr)
         return 2
     return 0

@@ -2,6 +2,10 @@
 
     python -m flows align            # reads params.yaml [data, align], writes artifacts/align/
 
+With align.train_source (recordio:data/<prefix> or imagefolder:data/<folder>) the training faces come
+from that set instead of LFW's train folds - e.g. CASIA-WebFace's faces_webface_112x112 with
+align.pre_aligned: true, taken as they are without detection - while the evaluation pairs stay LFW's.
+
 Work is fanned out over chunks of input images as Prefect tasks keyed by content (zip digest, members,
 params, code version), so a crashed run redoes only the chunks it had not finished.
 """
@@ -13,8 +17,9 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 
 from tasks import lfw
-from tasks.align import align_items, make_detector
+from tasks.align import align_items, make_detector, prealigned_items
 from tasks.attributes import HOPENET_FILE, make_age_estimator, make_pose_estimator
+from tasks.interchange import RecordIOReader, source_members
 from tasks.io import write_json, write_parquet
 from tasks.shards import write_shards
 
@@ -25,10 +30,19 @@ from .common import RunRecord, device, params, stage_dir
 _DETECTORS: dict = {}
 
 
+def _reader(kind: str, source):
+    if kind == "lfw":
+        return lfw.ZipImages(source).read
+    if kind == "recordio":
+        return RecordIOReader(source).read
+    return lambda member: Path(member).read_bytes()  # imagefolder: members are the files
+
+
 @task(cache_key_fn=content_key, persist_result=True, retries=1)
-def align_chunk(zip_path: Path, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
-    """members: [key, zip member, meta]; the cache key hashes the archive's bytes."""
-    zf = lfw.ZipImages(zip_path)
+def align_chunk(kind: str, source, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
+    """members: [key, member, meta]; source: the LFW zip or .rec (a Path: the cache key hashes its bytes),
+    or for an ImageFolder tree its path as text while each member is the image's Path (hashed one by one)."""
+    read = _reader(kind, source)
     key = (p["detector"], p["weights_dir"], p["pose"], p["age_estimator"])
     if key not in _DETECTORS:  # one detector (and attribute estimators) per process, not one per chunk
         _DETECTORS[key] = (make_detector(p["detector"], ROOT / p["weights_dir"], device()),
@@ -37,11 +51,11 @@ def align_chunk(zip_path: Path, members: list[list], p: dict) -> tuple[list[dict
     items = []
     for key, member, meta in members:
         try:
-            raw = zf.read(member)
+            raw = read(member)
         except (FileNotFoundError, OSError) as e:
             raw, meta = b"", {**meta, "read_error": str(e)}
-        items.append((key, member, raw, meta))
-    return align_items(items, det, p, pose, age)
+        items.append((key, str(member), raw, meta))
+    return (prealigned_items if p["pre_aligned"] and kind != "lfw" else align_items)(items, det, p, pose, age)
 
 
 def write_attribute_pool(out: Path, manifest: pd.DataFrame, p: dict) -> None:
@@ -49,6 +63,11 @@ def write_attribute_pool(out: Path, manifest: pd.DataFrame, p: dict) -> None:
     attributes.json says which estimators produced them and what is missing."""
     cols = ["key", "label", "yaw", "pitch", "roll", "yaw_deg", "pitch_deg", "roll_deg", "age"]
     train = manifest[manifest["split"] == "train"]
+    known = train["yaw"].notna()
+    if not known.any():
+        raise ValueError("align: no training face has a head pose (pre-aligned inputs the detector cannot find and no "
+                         f"HopeNet weights in align.weights_dir/{HOPENET_FILE}): sampling has no attribute pool")
+    train, unknown = train[known], int((~known).sum())
     write_parquet(out / "attributes.parquet", train[cols].sort_values("key").reset_index(drop=True))
     sources = sorted(train["pose_source"].unique())
     has_age = bool(train["age"].notna().any())
@@ -58,6 +77,7 @@ def write_attribute_pool(out: Path, manifest: pd.DataFrame, p: dict) -> None:
                      f"facexlib HopeNet ({HOPENET_FILE})",
         "age": f"estimated by {p['age_estimator']}" if has_age else
                "not estimated: no age estimator configured (align.age_estimator); the column is empty, never guessed",
+        "faces_without_pose": unknown,  # left out of the pool (pre-aligned faces the detector did not find)
         "pose_std_deg": {c: float(train[f"{c}_deg"].std()) for c in ("yaw", "pitch", "roll")}})
 
 
@@ -69,8 +89,17 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     data_dir = ROOT / data["dir"]
     lfw.verify(data, data_dir)
     out = stage_dir("align")
-    rec = RunRecord("align", p, out, {"lfw_zip": data_dir / lfw.ZIP_NAME})
+    inputs = {"lfw_zip": data_dir / lfw.ZIP_NAME}
+    if p["train_source"]:
+        kind, _, rel = p["train_source"].partition(":")
+        inputs["train_source"] = (ROOT / rel).with_suffix(".rec") if kind == "recordio" else ROOT / rel
+    rec = RunRecord("align", p, out, inputs)
     train, pairs = lfw.select(data_dir / "people.txt", data_dir / "pairs.txt", p)
+    imported = None
+    if p["train_source"]:  # training faces from a RecordIO file or ImageFolder tree; eval stays LFW
+        kind = p["train_source"].partition(":")[0]
+        imported = (kind, *source_members(p["train_source"], ROOT, p))
+        train = []
     fold_of = {}
     for _, name, f in train:
         fold_of[name] = f
@@ -78,16 +107,22 @@ def align_flow(params_path: str = "params.yaml") -> dict:
         fold_of[q.name_a] = fold_of[q.name_b] = q.fold
     key_of = lambda member: Path(member).stem.replace(".", "_")  # noqa: E731  (no dots in WebDataset keys)
     eval_members = sorted({lfw.image_path(q.name_a, q.idx_a) for q in pairs} | {lfw.image_path(q.name_b, q.idx_b) for q in pairs})
-    members = [[key_of(m), m, {"split": "train", "identity": n, "fold": f}] for m, n, f in train]
-    members += [[key_of(m), m, {"split": "eval", "identity": Path(m).parent.name, "fold": fold_of[Path(m).parent.name]}]
-                for m in eval_members]
+    lfw_members = [[key_of(m), m, {"split": "train", "identity": n, "fold": f}] for m, n, f in train]
+    lfw_members += [[key_of(m), m, {"split": "eval", "identity": Path(m).parent.name, "fold": fold_of[Path(m).parent.name]}]
+                    for m in eval_members]
+    sources = [("lfw", data_dir / lfw.ZIP_NAME, lfw_members)]
+    if imported:
+        kind, src, train_members = imported
+        sources.insert(0, (kind, str(src) if kind == "imagefolder" else src, train_members))
+    members = [m for _, _, ms in sources for m in ms]
     if len({m[0] for m in members}) != len(members):
         raise ValueError("align: two inputs map to the same sample key")
-    chunks = [members[i:i + p["chunk_size"]] for i in range(0, len(members), p["chunk_size"])]
-    log.warning(f"align: {len(members)} images ({len(train)} train, {len(eval_members)} eval) in {len(chunks)} chunks")
+    chunks = [(kind, src, ms[i:i + p["chunk_size"]]) for kind, src, ms in sources for i in range(0, len(ms), p["chunk_size"])]
+    n_train = sum(m[2]["split"] == "train" for m in members)
+    log.warning(f"align: {len(members)} images ({n_train} train, {len(eval_members)} eval) in {len(chunks)} chunks")
     accepted, rejected = [], []
-    for i, c in enumerate(chunks):
-        a, r = align_chunk(data_dir / lfw.ZIP_NAME, c, p)
+    for i, (kind, src, c) in enumerate(chunks):
+        a, r = align_chunk(kind, src, c, p)
         accepted += a
         rejected += r
         log.warning(f"align: chunk {i + 1}/{len(chunks)} done, {len(accepted)} accepted, {len(rejected)} rejected")

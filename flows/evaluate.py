@@ -16,32 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
-from tasks.align import make_detector
-from tasks.benchmarks import LFW_PEOPLE, build_bin, decoded_batches, find_bins, read_bin, write_bin
+from tasks.benchmarks import LFW_PEOPLE, build_bin, find_bins, read_bin, write_bin
+from tasks.describe import embed_bin, embed_set
 from tasks.encoder import embed, load_encoder
 from tasks.io import atomic_path, write_json
-from tasks.judge import DlibJudge, centred_unit
-from tasks.quality import face_poses, pair_cosines, pose_spread, privacy_leakage, quality, real_nearest_other
+from tasks.judge import centred_unit
+from tasks.quality import pair_cosines, pose_spread, privacy_leakage, quality, real_nearest_other
 from tasks.identity import centres
-from tasks.report import cosine_histograms, markdown, privacy_histogram, report_table, write_markdown
-from tasks.shards import iter_images, read_tar
+from tasks.report import cosine_histograms, markdown, privacy_histogram, report_table, sample_grid, write_markdown
+from tasks.shards import read_tar
 from tasks.verification import roc, verify
 
 from . import ROOT
-from .caching import content_key
 from .common import RunRecord, device, params, stage_dir
-
-
-def sample_grid(images: np.ndarray, identity: np.ndarray, rows: int, cols: int, tile: int = 64) -> Image.Image:
-    ids = list(dict.fromkeys(identity.tolist()))[:rows]
-    grid = Image.new("RGB", (cols * tile, len(ids) * tile), (255, 255, 255))
-    for r, i in enumerate(ids):
-        for c, im in enumerate(images[identity == i][:cols]):
-            grid.paste(Image.fromarray(im).resize((tile, tile), Image.BICUBIC), (c * tile, r * tile))
-    return grid
+from .judging import detect_set, judge_bin, judge_set
 
 
 def heldout_bin(align: Path, out: Path) -> Path:
@@ -54,14 +44,6 @@ def heldout_bin(align: Path, out: Path) -> Path:
     return out / "lfw_heldout.bin"
 
 
-def embed_bin(describe, bins: list[bytes]) -> np.ndarray:
-    """Embeddings of every image slot of a .bin; repeated images are described once."""
-    uniq = list(dict.fromkeys(bins))
-    index = {b: i for i, b in enumerate(uniq)}
-    emb = np.concatenate([describe(batch) for batch in decoded_batches(uniq)])
-    return emb[[index[b] for b in bins]]
-
-
 def verify_bin(emb: np.ndarray, issame: np.ndarray, p: dict) -> dict:
     return verify(emb[0::2], emb[1::2], issame, p["folds"], p["far"])
 
@@ -69,44 +51,6 @@ def verify_bin(emb: np.ndarray, issame: np.ndarray, p: dict) -> dict:
 def cos_threshold(res: dict) -> float:
     """The squared-L2 threshold on unit vectors as a cosine: d = 2 - 2 cos."""
     return 1.0 - res["threshold"] / 2.0
-
-
-def embed_set(describe, shards: list[Path], keys=None, detector=None, grid_ids=()) -> dict:
-    """Stream a set once: embeddings and labels, head poses when a detector is given, and the images of
-    grid_ids (for the sample grid); nothing else is kept decoded."""
-    out = {"emb": [], "labels": [], "poses": [], "grid": [], "grid_labels": []}
-    for _, images, cls in iter_images(shards, keys):
-        out["emb"].append(describe(images)); out["labels"].append(cls)
-        if detector is not None:
-            out["poses"].append(face_poses(images, detector))
-        sel = np.isin(cls, list(grid_ids))
-        out["grid"].append(images[sel]); out["grid_labels"].append(cls[sel])
-    empty = {"emb": (0, 1), "labels": (0,), "poses": (0, 3), "grid": (0, 1, 1, 3), "grid_labels": (0,)}
-    return {k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in out.items()}
-
-
-_JUDGE: dict = {}
-
-
-def _judge_and_detector():
-    if not _JUDGE:
-        _JUDGE["judge"], _JUDGE["detector"] = DlibJudge(), make_detector("mtcnn", device=device())
-    return _JUDGE["judge"], _JUDGE["detector"]
-
-
-@task(cache_key_fn=content_key, persist_result=True)
-def judge_set(shards: list[Path], keys: list[str]) -> dict:
-    """dlib descriptors and re-detected head poses of a set's faces. The slowest part of evaluate (~0.1 s a
-    face on CPU), cached on the shards' bytes: experiments that change only the synthetic set reuse the
-    real set's descriptors."""
-    judge, detector = _judge_and_detector()
-    return embed_set(judge.describe_all, shards, set(keys), detector)
-
-
-@task(cache_key_fn=content_key, persist_result=True)
-def judge_bin(path: Path) -> np.ndarray:
-    judge, _ = _judge_and_detector()
-    return embed_bin(judge.describe_all, read_bin(path)[0])
 
 
 def first_identities(m: pd.DataFrame, n: int) -> set[str]:
@@ -134,7 +78,8 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
     dev = device()
     describers = {name: (lambda ims, enc=load_encoder(d, dev): embed(enc, ims)) for name, d in models.items()}
     encoder = load_encoder(art / "encoder", dev)
-    quality_models = {"judge (dlib)": None, "encoder": lambda ims: embed(encoder, ims)}  # the judge runs in cached tasks
+    describe_encoder = lambda ims: embed(encoder, ims)  # noqa: E731  (the judge runs in cached tasks: flows/judging.py)
+    quality_models = ("judge (dlib)", "encoder")
 
     # 1. the table: every training set's FR model on every benchmark
     results: dict[str, dict] = {n: {} for n in models}
@@ -154,7 +99,7 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
             roc_rows += [{"benchmark": bench, "training_set": name, **r} for r in roc(e[0::2], e[1::2], issame)]
             log.warning(f"evaluate: {name} on {bench}: {results[name][bench]['accuracy']:.4f} +- {results[name][bench]['accuracy_std']:.4f}")
         if bench == "lfw_heldout":  # to calibrate the quality models' same-person thresholds on held-out real pairs
-            heldout = (issame, {"judge (dlib)": judge_bin(path), "encoder": embed_bin(quality_models["encoder"], bins)})
+            heldout = (issame, {"judge (dlib)": judge_bin(path), "encoder": embed_bin(describe_encoder, bins)})
     runs = {n: json.loads((d / "run.json").read_text()).get("training", {}) for n, d in models.items()}
     info = {n: {"images": r.get("train_images", 0) + r.get("val_images", 0),
                 "identities": r.get("train_identities", 0) + r.get("val_identities", 0),
@@ -171,11 +116,13 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
     am = pd.read_parquet(align / "manifest.parquet"); am = am[am["split"] == "train"]
     sets = {"synthetic": (sorted(ds / s for s in dm["shard"].unique()), dm), "real": (sorted(align / s for s in am["shard"].unique()), am)}
     emb: dict = {}
+    poses: dict = {}
     grid_ids = set(sorted(dm["label"].unique())[:p["grid_identities"]])
     for s, (shards, m) in sets.items():
         judged = first_identities(m, p["judge_max_identities"])
-        emb[("encoder", s)] = embed_set(quality_models["encoder"], shards, grid_ids=grid_ids if s == "synthetic" else ())
-        emb[("judge (dlib)", s)] = judge_set(shards, sorted(judged))  # poses by the aligner's re-detection
+        emb[("encoder", s)] = embed_set(describe_encoder, shards, grid_ids=grid_ids if s == "synthetic" else ())
+        emb[("judge (dlib)", s)] = judge_set(shards, sorted(judged))
+        poses[s] = detect_set(shards)  # every face, re-detected by the aligner
     judge_mean = emb[("judge (dlib)", "real")]["emb"].mean(0)
     for s in sets:
         emb[("judge (dlib)", s)]["emb"] = centred_unit(emb[("judge (dlib)", s)]["emb"], judge_mean)
@@ -196,7 +143,7 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
             sel = np.isin(e["labels"], judged_ids)
             qual[s]["encoder (judged identities)"] = quality(e["emb"][sel], e["labels"][sel], thr["encoder"], p["unique_radius"],
                                                              real_c["encoder"] if s == "synthetic" else None)
-        qual[s]["pose"] = pose_spread(emb[("judge (dlib)", s)]["poses"], emb[("judge (dlib)", s)]["labels"])
+        qual[s]["pose"] = pose_spread(poses[s]["poses"], poses[s]["labels"])
     for mod in quality_models:
         synth_c = centres(emb[(mod, "synthetic")]["emb"], emb[(mod, "synthetic")]["labels"])[1]
         leak[mod] = {"synthetic -> nearest real": privacy_leakage(synth_c, real_c[mod]),

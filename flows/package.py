@@ -1,10 +1,22 @@
-"""package stage: sampled blocks -> filtered WebDataset shards + parquet manifest + dataset card.
+"""package stage: sampled blocks -> filtered, privacy-audited WebDataset shards, manifest, card.
 
-    python -m flows package   # params [package]; artifacts/{sample,encoder} -> artifacts/dataset
+    python -m flows package   # params [package]; artifacts/{sample,encoder,align} -> artifacts/dataset
 
-Filter (now): identity consistency by the encoder (cosine of each image to its identity centre below
-package.min_consistency is dropped; counts per reason are recorded). Shards hold png/cls/json
-members with deterministic bytes; shards.json and the manifest carry per-shard sha256 and counts.
+Filters, each a parameter, applied in this order (an image's reason is the first that fails):
+  privacy_encoder / privacy_judge  a whole identity whose centre reaches the same-person threshold to any
+                                   real training identity, by the encoder or by the independent dlib judge;
+  not_unique                       DCFace's r-ball on encoder centres: an identity within unique_radius of
+                                   an earlier kept one is dropped (uniqueness: drop) or relabelled (merge);
+  low_consistency                  an image whose encoder cosine to its identity centre < min_consistency;
+  no_face                          the aligner (MTCNN) finds no face in the image (face_filter: true);
+  too_few_images                   an identity left with fewer than min_images_per_identity images.
+Identity-level thresholds default to ones calibrated on the real training faces (tasks/filters.py).
+
+Outputs (artifacts/dataset): synthface-NNNNNN.tar shards (deterministic bytes, written atomically),
+manifest.parquet (one row per kept image), rejects.parquet (one row per dropped image, with its reason:
+the images themselves stay in artifacts/sample), privacy.parquet (one row per identity), shards.json
+(sha256, count, bytes per shard), index.wids.json (random access), anchors.npy, counts.json,
+privacy_hist.png, sample_grid.png and the dataset card README.md.
 """
 from __future__ import annotations
 
@@ -17,14 +29,42 @@ from PIL import Image
 from prefect import flow, get_run_logger
 
 from tasks.card import write_card
+from tasks.describe import embed_set
 from tasks.encoder import embed, load_encoder
-from tasks.shards import decode_image
-from tasks.identity import cos_to_centre
-from tasks.io import write_json, write_parquet
-from tasks.shards import read_tar, write_shards
+from tasks.filters import centre_threshold, r_ball
+from tasks.identity import centres, cos_to_centre
+from tasks.io import atomic_path, write_bytes, write_json, write_parquet
+from tasks.judge import centred_unit
+from tasks.quality import nearest_real, real_nearest_other
+from tasks.report import privacy_histogram, sample_grid
+from tasks.shards import read_tar, write_shards, write_wids_index
 
 from . import ROOT
 from .common import RunRecord, device, params, stage_dir
+from .judging import detect_set, judge_set
+
+REASONS = ("privacy_encoder", "privacy_judge", "not_unique", "low_consistency", "no_face", "too_few_images")
+
+
+def judged_keys(keys: np.ndarray, labels: np.ndarray, per_identity: int) -> list[str]:
+    """The first `per_identity` keys of every identity (0: all) - the faces the slow judge describes."""
+    if per_identity <= 0:
+        return sorted(keys.tolist())
+    df = pd.DataFrame({"key": keys, "label": labels}).sort_values("key")
+    return sorted(df.groupby("label").head(per_identity)["key"].tolist())
+
+
+def identity_table(ids, syn: dict, real: dict, thr: dict) -> pd.DataFrame:
+    """Per synthetic identity and model: highest cosine to a real training identity and which one."""
+    out = pd.DataFrame({"identity": ids})
+    for m in ("encoder", "judge"):
+        sid, sc = centres(syn[m]["emb"], syn[m]["labels"])
+        rid, rc = centres(real[m]["emb"], real[m]["labels"])
+        best, arg = nearest_real(sc, rc)
+        col = pd.DataFrame({"identity": sid, f"max_cos_real_{m}": best, f"nearest_real_{m}": rid[arg].astype(int)})
+        out = out.merge(col, on="identity", how="left")
+        out[f"privacy_flag_{m}"] = out[f"max_cos_real_{m}"] >= thr[m]
+    return out
 
 
 @flow(name="package")
@@ -32,41 +72,137 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     log = get_run_logger()
     allp = params(params_path)
     p = allp["package"]
-    smp, enc_dir = ROOT / "artifacts" / "sample", ROOT / "artifacts" / "encoder"
+    art = ROOT / "artifacts"
+    smp, enc_dir, align = art / "sample", art / "encoder", art / "align"
     out = stage_dir("dataset")
     blocks = sorted(smp.glob("block-*.tar"))
-    rec = RunRecord("package", p, out, {"sample": smp, "encoder": enc_dir})
-    samples = [s for b in blocks for s in read_tar(b)]
-    meta = [json.loads(s["json"]) | {"key": s["__key__"]} for s in samples]
-    images = np.stack([decode_image(s["png"]) for s in samples])
-    ident = np.array([m["identity"] for m in meta])
-    cons = cos_to_centre(embed(load_encoder(enc_dir, device()), images), ident)
-    keep = cons >= p["min_consistency"]
-    kept_ids = sorted(set(ident[keep].tolist()))
-    label = {i: n for n, i in enumerate(kept_ids)}
+    rec = RunRecord("package", p, out, {"sample": smp, "encoder": enc_dir, "align_manifest": align / "manifest.parquet"})
+    plan = pd.read_parquet(smp / "plan.parquet").set_index("key")
+    am = pd.read_parquet(align / "manifest.parquet")
+    am = am[am["split"] == "train"]
+    real_shards = sorted(align / s for s in am["shard"].unique())
+
+    # 1. describe: the encoder on every image, the judge on up to judge_images_per_identity per identity
+    encoder = load_encoder(enc_dir, device())
+    describe = lambda ims: embed(encoder, ims)  # noqa: E731
+    syn = {"encoder": embed_set(describe, blocks)}
+    real = {"encoder": embed_set(describe, real_shards)}
+    n_judge = p["judge_images_per_identity"]
+    real["judge"] = judge_set(real_shards, judged_keys(real["encoder"]["keys"], real["encoder"]["labels"], n_judge))
+    syn["judge"] = judge_set(blocks, judged_keys(syn["encoder"]["keys"], syn["encoder"]["labels"], n_judge))
+    mean = real["judge"]["emb"].mean(0)  # dlib cosines are read after centring on the real faces (tasks/judge.py)
+    for s in (real, syn):
+        s["judge"] = {**s["judge"], "emb": centred_unit(s["judge"]["emb"], mean)}
+    faces = detect_set(blocks)
+    keys, ident = syn["encoder"]["keys"], syn["encoder"]["labels"].astype(int)
+    if list(keys) != plan.index.tolist():
+        raise ValueError("package: the sample blocks do not match plan.parquet (rerun the sample stage)")
+
+    # 2. thresholds: given, or calibrated on the real training faces at the identity level
+    calibrated = {m: centre_threshold(real[m]["emb"], real[m]["labels"]) for m in ("encoder", "judge")}
+    thr = {m: p["privacy_threshold"][m] if p["privacy_threshold"][m] is not None else calibrated[m] for m in calibrated}
+    radius = p["unique_radius"] if p["unique_radius"] is not None else calibrated["encoder"]
+
+    # 3. identity-level filters: privacy audit, then the r-ball over the identities that passed it
+    ids = np.unique(ident)
+    table = identity_table(ids, syn, real, thr)
+    private = table["privacy_flag_encoder"].to_numpy() | table["privacy_flag_judge"].to_numpy()
+    _, c = centres(syn["encoder"]["emb"], ident)
+    rep = np.full(len(ids), -1)
+    ok = np.flatnonzero(~private)
+    rep[ok] = ok[r_ball(c[ok], radius)] if p["uniqueness"] != "off" else ok
+    table["unique_rep"] = np.where(rep >= 0, ids[np.maximum(rep, 0)], -1)
+    reason = np.full(len(keys), "", dtype=object)
+    pos = np.searchsorted(ids, ident)
+    reason[table["privacy_flag_encoder"].to_numpy()[pos]] = "privacy_encoder"
+    reason[(reason == "") & table["privacy_flag_judge"].to_numpy()[pos]] = "privacy_judge"
+    merged_into = table["unique_rep"].to_numpy()[pos]
+    duplicate = (merged_into >= 0) & (merged_into != ident)
+    if p["uniqueness"] == "drop":
+        reason[(reason == "") & duplicate] = "not_unique"
+    owner = np.where(duplicate & (p["uniqueness"] == "merge"), merged_into, ident)
+
+    # 4. image-level filters
+    cons = cos_to_centre(syn["encoder"]["emb"], ident)
+    reason[(reason == "") & (cons < p["min_consistency"])] = "low_consistency"
+    face_found = ~np.isnan(faces["poses"]).any(1)
+    if p["face_filter"]:
+        reason[(reason == "") & ~face_found] = "no_face"
+    left = pd.Series(owner[reason == ""]).value_counts()
+    small = np.isin(owner, left[left < p["min_images_per_identity"]].index.to_numpy())
+    reason[(reason == "") & small] = "too_few_images"
+    keep = reason == ""
+    if not keep.any():
+        raise ValueError(f"package: every image was filtered out ({pd.Series(reason).value_counts().to_dict()}); "
+                         "loosen the [package] filters")
+
+    # 5. the manifest: one row per image with its plan, filter scores and fate
+    judge_c = dict(zip(syn["judge"]["keys"], cos_to_centre(syn["judge"]["emb"], syn["judge"]["labels"])))
+    labels = {o: n for n, o in enumerate(sorted(set(owner[keep].tolist())))}
+    rows = plan.reset_index()
+    rows = rows.assign(anchor=rows["identity"], owner_identity=owner, label=[labels.get(o, -1) for o in owner],
+                       consistency=cons.round(6), judge_consistency=[judge_c.get(k, np.nan) for k in keys],
+                       face_found=face_found, reason=reason)
+    rows = rows.merge(table.drop(columns=["unique_rep"]), on="identity", how="left")
+    rows["merged_into"] = np.where(duplicate & (p["uniqueness"] == "merge"), merged_into, -1)
+    kept = rows[keep].reset_index(drop=True)
+
+    # 6. shards: streamed block by block in plan order, never the whole set decoded
     ext = p["image_format"]
-    chosen = [i for i in range(len(samples)) if keep[i]]
+    by_key = kept.set_index("key")
 
-    def encode(i):
-        if ext == "png":
-            return samples[i]["png"]
-        buf = io.BytesIO()
-        Image.fromarray(images[i]).save(buf, format="JPEG", quality=95)
-        return buf.getvalue()
+    def samples():
+        for b in blocks:
+            for s in read_tar(b):
+                k = s["__key__"]
+                if k in by_key.index:
+                    r = by_key.loc[k]
+                    yield {"__key__": k, ext: s["png"] if ext == "png" else to_jpeg(s["png"]), "cls": int(r["label"]),
+                           "json": {"identity": int(r["owner_identity"]), "label": int(r["label"]), "anchor": int(r["anchor"]),
+                                    "embedding": int(r["embedding"]), "image": int(r["image"]), "seed": int(r["seed"]),
+                                    "yaw": float(r["yaw"]), "pitch": float(r["pitch"]), "roll": float(r["roll"])}}
 
-    records = [{"__key__": meta[i]["key"], ext: encode(i), "cls": label[ident[i]],
-                "json": {**meta[i], "label": label[ident[i]], "consistency": round(float(cons[i]), 6)}} for i in chosen]
-    shards = write_shards(records, out, "synthface", p["shard_size"])
-    shard_names = [s["shard"] for s in shards for _ in range(s["count"])]
-    manifest = pd.DataFrame([{**r["json"], "shard": sh} for r, sh in zip(records, shard_names)])
-    write_parquet(out / "manifest.parquet", manifest)
+    shards = write_shards(samples(), out, "synthface", p["shard_size"])
+    kept["shard"] = [s["shard"] for s in shards for _ in range(s["count"])]
+    write_parquet(out / "manifest.parquet", kept.drop(columns=["reason"]))
+    write_parquet(out / "rejects.parquet", rows[~keep].reset_index(drop=True))
+    write_parquet(out / "privacy.parquet", table)
     write_json(out / "shards.json", shards)
-    counts = {"images_in": len(samples), "images_out": len(records), "identities_out": len(kept_ids),
-              "dropped": {"low_consistency": int((~keep).sum())}, "mean_consistency": float(cons[keep].mean()) if keep.any() else None}
-    write_json(out / "counts.json", counts)
-    runs = {n: json.loads((ROOT / "artifacts" / d / "run.json").read_text())
+    write_wids_index(out / "index.wids.json", shards, "synthface")
+    write_bytes(out / "anchors.npy", (smp / "anchors.npy").read_bytes())
+
+    counts = {"images_in": int(len(keys)), "images_out": int(keep.sum()), "identities_in": int(len(ids)),
+              "identities_out": len(labels), "dropped": {r: int((reason == r).sum()) for r in REASONS},
+              "identities_merged": int(len(set(merged_into[duplicate].tolist()))) if p["uniqueness"] == "merge" else 0,
+              "mean_consistency": float(cons[keep].mean()) if keep.any() else None,
+              "faces_found": float(face_found.mean()), "shards": len(shards)}
+    # the reference: how many distinct real people are this close to another real person (1:N comparisons)
+    real_other = {m: real_nearest_other(centres(real[m]["emb"], real[m]["labels"])[1]) for m in ("encoder", "judge")}
+    priv = {"thresholds": thr, "calibrated_thresholds": calibrated, "unique_radius": radius,
+            "judge_images_per_identity": n_judge, "real_identities": {m: int(len(np.unique(real[m]["labels"]))) for m in real},
+            **{m: {"max_cos_mean": float(table[f"max_cos_real_{m}"].mean()), "max_cos_max": float(table[f"max_cos_real_{m}"].max()),
+                   "max_cos_p95": float(np.percentile(table[f"max_cos_real_{m}"], 95)),
+                   "identities_flagged": int(table[f"privacy_flag_{m}"].sum()),
+                   "real_identities_at_threshold_to_another_real": float((real_other[m] >= thr[m]).mean())}
+               for m in ("encoder", "judge")}}
+    write_json(out / "counts.json", {**counts, "privacy": priv})
+    privacy_histogram(out / "privacy_hist.png", {m: {"synthetic -> nearest real": table[f"max_cos_real_{m}"].to_numpy(),
+                                                     "real -> nearest other real": real_other[m]} for m in real_other}, thr)
+    grid_ids = sorted(set(kept["owner_identity"].tolist()))[:p["grid_identities"]]
+    grid_labels = {labels[i] for i in grid_ids}
+    g = embed_set(None, sorted(out / s for s in kept[kept["label"].isin(grid_labels)]["shard"].unique()), grid_ids=grid_labels)
+    with atomic_path(out / "sample_grid.png") as tmp:
+        sample_grid(g["grid"].astype(np.uint8), g["grid_labels"].astype(int), p["grid_identities"], p["grid_images"]).save(tmp, format="PNG")
+    runs = {n: json.loads((art / d / "run.json").read_text())
             for n, d in [("align", "align"), ("encoder", "encoder"), ("generator", "generator"), ("sample", "sample")]
-            if (ROOT / "artifacts" / d / "run.json").exists()}
-    write_card(out / "README.md", counts, shards, runs, allp)
+            if (art / d / "run.json").exists()}
+    write_card(out / "README.md", counts, priv, shards, runs, allp, rec.info)
     log.warning(f"package: {counts}")
-    return rec.finish(counts=counts)
+    return rec.finish(counts=counts, privacy=priv)
+
+
+def to_jpeg(png: bytes, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+

@@ -99,12 +99,9 @@ def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor]
     w = time_weight(t + 1, T, schedule)  # t is 0-based in diffusers; METHODS uses 1..T
     rec = ((x0_hat - x0) ** 2).flatten(1).mean(1)
     keep = (~drop).float()  # the identity terms only make sense where the condition was given
-    if kappa_scale:
-        with autocast(dev):
-            idsim = (encoder(x0_hat).float() * y).sum(1)
-    else:  # the "no identity loss" ablation: skip the encoder pass entirely
-        with torch.no_grad():
-            idsim = (encoder(x0_hat).float() * y).sum(1)
+    # kappa_scale = 0 (the "no identity loss" ablation): the similarity is still logged, without a backward pass
+    with torch.set_grad_enabled(bool(kappa_scale) and torch.is_grad_enabled()), autocast(dev):
+        idsim = (encoder(x0_hat).float() * y).sum(1)
     loss = mse + (lambda_scale * w * rec).mean() - (kappa_scale * w * idsim * keep).sum() / keep.sum().clamp(min=1)
     return {"loss": loss, "mse": mse.detach(), "rec": rec.mean().detach(), "id": (idsim * keep).sum().detach() / keep.sum().clamp(min=1)}
 

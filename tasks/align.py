@@ -184,13 +184,53 @@ def align_items(items: list[tuple[str, str, bytes, dict]], detector, p: dict, po
         accepted.append({"key": key, "source": source, "source_mode": mode, "score": score,
                          "box": [float(v) for v in box], "landmarks": [float(v) for v in lm.ravel()],
                          "sha256": sha256_bytes(jpg), "jpg": jpg, "_crop": crop, "_size": arr.shape[1::-1], **meta})
-    if accepted:
-        crops = np.stack([a.pop("_crop") for a in accepted])
-        sizes = np.array([a.pop("_size") for a in accepted], dtype=np.float64)
-        deg = pose(crops, np.array([a["landmarks"] for a in accepted]).reshape(-1, 5, 2), sizes)
-        ages = np.asarray(age(crops), dtype=np.float64) if age is not None else np.full(len(accepted), np.nan)
-        for a, d, n, y in zip(accepted, deg, normalise(deg), ages):
-            a.update({"yaw": float(n[0]), "pitch": float(n[1]), "roll": float(n[2]), "yaw_deg": float(d[0]),
-                      "pitch_deg": float(d[1]), "roll_deg": float(d[2]), "pose_source": pose.source,
-                      "age": float(y) if np.isfinite(y) else None})
+    add_attributes(accepted, pose, age)
+    return accepted, rejected
+
+
+def add_attributes(accepted: list[dict], pose, age) -> None:
+    """Head pose (degrees and normalised) and age for accepted records holding `_crop` and `_size`."""
+    if not accepted:
+        return
+    crops = np.stack([a.pop("_crop") for a in accepted])
+    sizes = np.array([a.pop("_size") for a in accepted], dtype=np.float64)
+    deg = pose(crops, np.array([a["landmarks"] for a in accepted], dtype=np.float64).reshape(-1, 5, 2), sizes)
+    ages = np.asarray(age(crops), dtype=np.float64) if age is not None else np.full(len(accepted), np.nan)
+    for a, d, n, y in zip(accepted, deg, normalise(deg), ages):
+        a.update({"yaw": float(n[0]), "pitch": float(n[1]), "roll": float(n[2]), "yaw_deg": float(d[0]),
+                  "pitch_deg": float(d[1]), "roll_deg": float(d[2]), "pose_source": pose.source if np.isfinite(d).all() else "none",
+                  "age": float(y) if np.isfinite(y) else None})
+
+
+def prealigned_items(items: list[tuple[str, str, bytes, dict]], detector, p: dict, pose=None,
+                     age=None) -> tuple[list[dict], list[dict]]:
+    """Like align_items for inputs that already are ArcFace-aligned crops (CASIA-WebFace's
+    faces_webface_112x112, MS1M): no detection-based crop or rejection - only undecodable files are
+    rejected. For the PnP pose, landmarks are measured on the crop when a detector is given and finds a
+    face; otherwise the pose is left unknown (nan, pose_source 'none'). HopeNet needs no landmarks."""
+    pose = pose if pose is not None else PnPPose()
+    accepted, rejected = [], []
+    size = p["output_size"]
+    for key, source, raw, meta in items:
+        arr, mode, reason = decode(raw)
+        if arr is None:
+            rejected.append({"key": key, "source": source, "reason": reason, **meta})
+            continue
+        crop = arr if arr.shape[:2] == (size, size) else cv2.resize(arr, (size, size), interpolation=cv2.INTER_AREA)
+        jpg = raw if arr.shape[:2] == (size, size) and raw[:2] == b"\xff\xd8" else encode_jpeg(crop, p["jpeg_quality"])
+        accepted.append({"key": key, "source": source, "source_mode": mode, "score": None, "box": None,
+                         "landmarks": [float("nan")] * 10, "sha256": sha256_bytes(jpg), "jpg": jpg, "_crop": crop,
+                         "_size": (size, size), **meta})
+    if detector is not None and pose.source == "pnp":
+        for i in range(0, len(accepted), p["batch_size"]):
+            part = accepted[i:i + p["batch_size"]]
+            try:
+                found = detector.detect([a["_crop"] for a in part])
+            except Exception:  # noqa: BLE001  (landmarks only feed the pose: unknown beats a lost image)
+                found = [[]] * len(part)
+            for a, faces in zip(part, found):
+                f = pick_face(faces, a["_crop"].shape, 0.0)
+                if f is not None:
+                    a["landmarks"] = [float(v) for v in f[2].ravel()]
+    add_attributes(accepted, pose, age)
     return accepted, rejected

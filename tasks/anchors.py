@@ -74,6 +74,20 @@ def tammes_anchors(n: int, real: np.ndarray | None, centres: np.ndarray | None, 
     return x.numpy(), stats
 
 
+def private_random_anchors(n: int, dim: int, centres: np.ndarray | None, privacy_threshold: float,
+                           seed: int) -> tuple[np.ndarray, dict]:
+    """The ablation's random anchors (no repulsion) under the same hard privacy margin as Tammes, with
+    the same stats."""
+    x = torch.as_tensor(random_anchors(n, dim, seed))
+    stats = {"min_angle_deg": min_angle_deg(x.numpy()), "cone_cos": None}
+    if centres is not None and len(centres):
+        c_t = F.normalize(torch.as_tensor(centres, dtype=torch.float64), dim=1)
+        x, moved = enforce_margin(x, c_t, privacy_threshold)
+        stats |= {"min_angle_deg": min_angle_deg(x.numpy()), "max_cos_to_real_identity": float((x @ c_t.T).max()),
+                  "projected_for_privacy": moved}
+    return x.numpy(), stats
+
+
 def enforce_margin(x: torch.Tensor, centres: torch.Tensor, threshold: float, passes: int = 200) -> tuple[torch.Tensor, int]:
     """Project every anchor above `threshold - MARGIN` cosine to a real centre back below it (the smallest
     move along that centre), repeating while a projection pushes it over another centre. Returns the

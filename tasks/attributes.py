@@ -84,7 +84,9 @@ class PnPPose:
     source = "pnp"
 
     def __call__(self, faces: np.ndarray, landmarks: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        return np.array([pose_pnp(lm, w, h) for lm, (w, h) in zip(landmarks, sizes)]).reshape(-1, 3)
+        # no landmarks (a pre-aligned face the detector did not find): the pose is unknown, never guessed
+        return np.array([pose_pnp(lm, w, h) if np.isfinite(lm).all() else (np.nan,) * 3
+                         for lm, (w, h) in zip(landmarks, sizes)]).reshape(-1, 3)
 
 
 class HopeNetPose:

@@ -83,6 +83,8 @@ SCHEMA = {
         "min_images_per_person": I(1), "max_images_per_person": I(1), "max_train_people": I(1),
         "max_pairs_per_fold": I(1, 300), "chunk_size": I(1), "batch_size": I(1), "shard_size": I(1),
         "pose": S(["auto", "pnp", "hopenet"]), "age_estimator": S(optional=True),
+        # training faces from elsewhere instead of LFW's train folds (tasks/interchange.py); eval stays LFW
+        "train_source": S(optional=True), "pre_aligned": Spec(bool),
     },
     "encoder": {"pretrained": S(optional=True), **FR_TRAIN},
     "generator": {
@@ -102,7 +104,12 @@ SCHEMA = {
         "block_size": I(1), "batch_size": I(1),
         "seed": I(0),
     },
-    "package": {"shard_size": I(1), "min_consistency": F(-1.0, 1.0), "image_format": S(["png", "jpg"])},
+    "package": {"shard_size": I(1), "image_format": S(["png", "jpg"]),
+                # the filters (flows/package.py); an unset threshold is calibrated on the real training faces
+                "privacy_threshold": {"encoder": F(-1.0, 1.0, optional=True), "judge": F(-1.0, 1.0, optional=True)},
+                "uniqueness": S(["drop", "merge", "off"]), "unique_radius": F(-1.0, 1.0, optional=True),
+                "min_consistency": F(-1.0, 1.0), "face_filter": Spec(bool), "min_images_per_identity": I(1),
+                "judge_images_per_identity": I(0), "grid_identities": I(1), "grid_images": I(1)},
     "train_fr": FR_TRAIN,
     "evaluate": {"folds": I(2), "far": L(F(0.0, 1.0)), "benchmarks_dir": S(), "synthetic_label": S(optional=True),
                  "judge_max_identities": I(1), "unique_radius": F(-1.0, 1.0), "hist_pairs": I(100),
@@ -132,6 +139,11 @@ def validate(raw: dict) -> dict:
         raise ParamsError("generator.conditioner_dims: needs at least one layer width")
     if p["sample"]["v_low"] > p["sample"]["v_high"]:
         raise ParamsError("sample.v_low: must not exceed sample.v_high")
+    src = p["align"]["train_source"]
+    if src is not None and src.partition(":")[0] not in ("imagefolder", "recordio"):
+        raise ParamsError(f"align.train_source: {src!r} is not imagefolder:<folder> or recordio:<prefix of .rec/.idx>")
+    if p["align"]["pre_aligned"] and src is None:
+        raise ParamsError("align.pre_aligned: applies to align.train_source only (LFW's photos are not aligned)")
     for sec in ("encoder", "train_fr"):
         if len(p[sec]["arch"]["layers"]) != len(p[sec]["arch"]["widths"]):
             raise ParamsError(f"{sec}.arch.widths: needs one width per entry of {sec}.arch.layers")

@@ -81,9 +81,17 @@ def pair_cosines(emb: np.ndarray, identity: np.ndarray, max_pairs: int, seed: in
     return intra, np.einsum("ij,ij->i", emb[a], emb[b])
 
 
+def nearest_real(synth_c: np.ndarray, real_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per synthetic centre: (highest cosine to any real centre, index of that real centre), blockwise."""
+    best, arg = [], []
+    for _, s in _cos_rows(synth_c, real_c, False):
+        arg.append(s.argmax(1)); best.append(s.max(1))
+    return (np.concatenate(best), np.concatenate(arg)) if best else (np.zeros(0), np.zeros(0, int))
+
+
 def privacy_leakage(synth_centres: np.ndarray, real_centres: np.ndarray) -> np.ndarray:
     """Per synthetic identity: the highest cosine to any real identity centre."""
-    return np.concatenate([s.max(1) for _, s in _cos_rows(synth_centres, real_centres, False)] or [np.zeros(0)])
+    return nearest_real(synth_centres, real_centres)[0]
 
 
 def real_nearest_other(real_centres: np.ndarray) -> np.ndarray:

@@ -138,3 +138,14 @@ def privacy_histogram(path, series: dict[str, dict[str, np.ndarray]], thresholds
         ax.set_title(f"highest cosine to a real training identity - {m}", fontsize=9); ax.set_xlabel("cosine")
         ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def sample_grid(images: np.ndarray, identity: np.ndarray, rows: int, cols: int, tile: int = 64):
+    """The first `rows` identities, up to `cols` images each, one row per identity (a PIL image)."""
+    from PIL import Image
+    ids = list(dict.fromkeys(identity.tolist()))[:rows]
+    grid = Image.new("RGB", (cols * tile, len(ids) * tile), (255, 255, 255))
+    for r, i in enumerate(ids):
+        for c, im in enumerate(images[identity == i][:cols]):
+            grid.paste(Image.fromarray(im).resize((tile, tile), Image.BICUBIC), (c * tile, r * tile))
+    return grid

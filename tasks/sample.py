@@ -12,13 +12,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from models.identities import identity_embeddings, plan_rows
 from .identity import centres as identity_centres
-from .anchors import enforce_margin, min_angle_deg, random_anchors, tammes_anchors
+from .anchors import private_random_anchors, tammes_anchors
 
 
 def plan_identities(real: dict, p: dict, pool: np.ndarray) -> dict:
@@ -30,18 +28,14 @@ def plan_identities(real: dict, p: dict, pool: np.ndarray) -> dict:
     if p["anchors"] == "tammes":
         anchors, stats = tammes_anchors(p["num_identities"], emb, centres, p["privacy_threshold"], p["anchor_iters"], p["seed"])
     else:  # the ablation: no repulsion, but the privacy margin still holds
-        x, moved = enforce_margin(torch.as_tensor(random_anchors(p["num_identities"], emb.shape[1], p["seed"])),
-                                  F.normalize(torch.as_tensor(centres, dtype=torch.float64), dim=1), p["privacy_threshold"])
-        anchors = x.numpy()
-        stats = {"min_angle_deg": min_angle_deg(anchors), "max_cos_to_real_identity": float((anchors @ centres.T).max()),
-                 "projected_for_privacy": moved}
+        anchors, stats = private_random_anchors(p["num_identities"], emb.shape[1], centres, p["privacy_threshold"], p["seed"])
     y = identity_embeddings(anchors, p["embeddings_per_identity"], p["v_low"], p["v_high"], p["seed"])
     rows = plan_rows(p["num_identities"], p["embeddings_per_identity"], p["images_per_embedding"], pool, p["seed"])
     return {"anchors": anchors, "embeddings": y, "rows": rows, "anchor_stats": stats}
 
 
-def to_png(x: torch.Tensor) -> bytes:
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+def to_png(arr: np.ndarray) -> bytes:
+    """HxWx3 uint8 (the pipeline's "np" output) -> PNG bytes, fixed settings so bytes are reproducible."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
@@ -55,5 +49,5 @@ def render_block(pipe, encoder, plan: dict, identities: list[int], p: dict, devi
     pipe.unet.eval(); pipe.conditioner.eval()
     x = pipe.render_rows(plan["embeddings"], plan["anchors"], rows, p["batch_size"], num_inference_steps=p["num_inference_steps"],
                          sampler=p["sampler"], guidance_scale=p["guidance_scale"], id_weight=p["id_weight"], beta=p["beta"],
-                         encoder=encoder, guidance_schedule=p["guidance_schedule"])
-    return [{**r, "png": to_png(img.float().cpu())} for r, img in zip(rows, x)]
+                         encoder=encoder, guidance_schedule=p["guidance_schedule"], output_type="np")
+    return [{**r, "png": to_png(img)} for r, img in zip(rows, x)]

@@ -64,7 +64,7 @@ def write_shards(samples: Iterable[dict], out_dir, prefix: str, maxcount: int) -
         nonlocal idx, batch
         name = f"{prefix}-{idx:06d}.tar"
         count = write_tar(out_dir / name, batch)
-        infos.append({"shard": name, "count": count, "sha256": sha256_file(out_dir / name)})
+        infos.append({"shard": name, "count": count, "sha256": sha256_file(out_dir / name), "bytes": (out_dir / name).stat().st_size})
         idx, batch = idx + 1, []
 
     for s in samples:
@@ -112,3 +112,22 @@ def iter_images(shards, keys=None, batch_size: int = 256) -> Iterator[tuple[list
                 ks, ims, cls = [], [], []
     if ks:
         yield ks, np.stack(ims), np.array(cls)
+
+
+def write_wids_index(path, shards: list[dict], name: str) -> None:
+    """A wids index (webdataset's indexed, random-access reader) beside the shards, urls relative to it:
+    `wids.ShardListDataset("index.wids.json")[i]` is sample i in manifest order."""
+    from .io import write_json
+    write_json(path, {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
+                      "shardlist": [{"url": s["shard"], "nsamples": s["count"], "filesize": s["bytes"]} for s in shards]})
+
+
+def tar_index(path) -> dict[str, dict[str, tuple[int, int]]]:
+    """key -> {ext: (byte offset, size)} of one shard's members, for random access without extracting."""
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    with tarfile.open(path, "r") as tar:
+        for m in tar:
+            if m.isfile():
+                key, _, ext = m.name.partition(".")
+                out.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    return out

@@ -1,0 +1,53 @@
+"""Content-cached Prefect tasks around the slow, CPU-only dlib judge and the aligner's re-detection,
+shared by the package stage (privacy audit, face filter) and the evaluate stage (quality metrics): a set
+described once is reused by every later stage and experiment whose inputs have the same bytes.
+
+    d = judge_set(shards, keys)   # {"keys", "emb": raw dlib descriptors, "labels"}
+    f = detect_set(shards)        # {"keys", "labels", "poses": N x 3, nan where no face is found}
+    e = judge_bin(path)           # raw descriptors of every image slot of an insightface .bin
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+
+from tasks.align import make_detector
+from tasks.benchmarks import read_bin
+from tasks.describe import embed_bin, embed_set
+from tasks.judge import DlibJudge
+
+from .caching import content_key
+from .common import device
+
+_MODELS: dict = {}
+
+
+def _judge() -> DlibJudge:
+    if "judge" not in _MODELS:
+        _MODELS["judge"] = DlibJudge()
+    return _MODELS["judge"]
+
+
+def _detector():
+    if "detector" not in _MODELS:
+        _MODELS["detector"] = make_detector("mtcnn", device=device())
+    return _MODELS["detector"]
+
+
+@task(cache_key_fn=content_key, persist_result=True)
+def judge_set(shards: list[Path], keys: list[str]) -> dict:
+    """dlib descriptors of the given faces (~0.1 s a face on CPU), cached on the shards' bytes."""
+    return embed_set(_judge().describe_all, shards, set(keys))
+
+
+@task(cache_key_fn=content_key, persist_result=True)
+def detect_set(shards: list[Path]) -> dict:
+    """Re-detect every face of a set with MTCNN and estimate its head pose from the 5 landmarks."""
+    return embed_set(None, shards, None, _detector())
+
+
+@task(cache_key_fn=content_key, persist_result=True)
+def judge_bin(path: Path) -> np.ndarray:
+    return embed_bin(_judge().describe_all, read_bin(path)[0])

@@ -1,0 +1,93 @@
+"""release flow: publish the packaged dataset as a versioned release other teams pull.
+
+    python -m flows release --version 1.2.0       # or --bump major|minor|patch (from the newest v* tag)
+    python -m flows release --bump minor --remote storage --no-push-tags
+
+Checks that the git workspace is clean and `dvc status` says the pipeline is up to date (a release is
+exactly a commit's outputs), pushes every DVC output to the configured remote (dvc remote default, or
+--remote), then creates the annotated tag v<version> whose message carries the dataset's counts and the
+md5 DVC recorded for artifacts/dataset, and pushes the tag when the repository has a git remote.
+Consumers then use `dvc get/import <repo> artifacts/dataset --rev v<version>` or `dvc.api` (README).
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import yaml
+from prefect import flow, get_run_logger, task
+
+from . import ROOT
+
+SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
+
+
+class ReleaseError(RuntimeError):
+    pass
+
+
+def _run(*cmd: str) -> str:
+    r = subprocess.run(list(cmd), cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ReleaseError(f"`{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip()[-2000:]}")
+    return r.stdout
+
+
+def next_version(tags: list[str], bump: str) -> str:
+    """The newest vX.Y.Z tag bumped by major|minor|patch (0.1.0 when there is none)."""
+    versions = sorted(tuple(int(x) for x in SEMVER.match(t[1:]).groups()[:3]) for t in tags
+                      if t.startswith("v") and SEMVER.match(t[1:]) and "-" not in t)
+    if not versions:
+        return "0.1.0"
+    major, minor, patch = versions[-1]
+    return {"major": f"{major + 1}.0.0", "minor": f"{major}.{minor + 1}.0", "patch": f"{major}.{minor}.{patch + 1}"}[bump]
+
+
+@task
+def check_releasable() -> str:
+    """The commit to release: tracked files unchanged and every stage up to date."""
+    dirty = [line for line in _run("git", "status", "--porcelain", "--untracked-files=no").splitlines() if line.strip()]
+    if dirty:
+        raise ReleaseError(f"uncommitted changes ({', '.join(d[3:] for d in dirty[:5])}): commit them first")
+    status = json.loads(_run("dvc", "status", "--json") or "{}")
+    if status:
+        raise ReleaseError(f"the pipeline is not up to date ({', '.join(sorted(status)[:5])}): run `dvc repro` and commit dvc.lock")
+    return _run("git", "rev-parse", "HEAD").strip()
+
+
+@task(retries=2, retry_delay_seconds=10)
+def push_data(remote: str | None) -> None:
+    if not remote and not _run("dvc", "remote", "default").strip():
+        raise ReleaseError("no DVC remote configured: `dvc remote add -d storage <url>` and commit .dvc/config")
+    _run("dvc", "push", *(["-r", remote] if remote else []))
+
+
+@task
+def tag_release(version: str, commit: str, push: bool) -> dict:
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    outs = {o["path"]: o.get("md5") for o in lock["stages"]["package"]["outs"]}
+    counts = json.loads((ROOT / "artifacts" / "dataset" / "counts.json").read_text())
+    info = {"version": version, "commit": commit, "dataset_md5": outs.get("artifacts/dataset"),
+            "images": counts["images_out"], "identities": counts["identities_out"], "shards": counts["shards"]}
+    _run("git", "tag", "-a", f"v{version}", "-m", f"synthface dataset v{version}\n\n{json.dumps(info, indent=2)}")
+    remotes = _run("git", "remote").split()
+    if push and remotes:
+        _run("git", "push", remotes[0], f"v{version}")
+    return {**info, "tag_pushed_to": remotes[0] if push and remotes else None}
+
+
+@flow(name="release")
+def release_flow(version: str | None = None, bump: str = "patch", remote: str | None = None, push_tags: bool = True) -> dict:
+    log = get_run_logger()
+    tags = _run("git", "tag", "--list", "v*").split()
+    version = version or next_version(tags, bump)
+    if not SEMVER.match(version):
+        raise ReleaseError(f"version {version!r} is not semantic (MAJOR.MINOR.PATCH[-pre])")
+    if f"v{version}" in tags:
+        raise ReleaseError(f"tag v{version} already exists: releases are immutable, choose a new version")
+    commit = check_releasable()
+    push_data(remote)
+    info = tag_release(version, commit, push_tags)
+    log.warning(f"release: {info}")
+    return info

@@ -1,0 +1,239 @@
+"""Interchange with other face-recognition tooling, without mxnet or torchvision at run time.
+
+- insightface RecordIO (`.rec` + `.idx`, the layout of faces_webface_112x112 / MS1M and what
+  arcface_torch's MXFaceDataset reads): dmlc RecordIO framing (magic 0xced7230a, length with a 3-bit
+  continuation flag, 4-byte padding, records split where the payload holds the magic word) around
+  mxnet's IRHeader (struct 'IfQQ': flag, label, id, id2; flag > 0 means a float32 label array follows).
+  Record 0 is the header (label = [first identity record, end]), records 1..N the images (label = class),
+  then one record per identity (label = [first image, end)).
+- ImageFolder trees: root/<class>/<image>, classes in sorted order (torchvision's ImageFolder labels).
+
+    export_recordio(samples, "out/train")        # samples: (label, image bytes) in label order -> train.rec/.idx
+    for label, data in read_recordio("out/train"): ...
+    export_imagefolder(samples_with_keys, "out/images");  for cls, rel, data in read_imagefolder("out/images"): ...
+    python -m flows export --format recordio|imagefolder --out DIR   # a packaged dataset
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .io import atomic_path
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+IR_FORMAT = "<IfQQ"  # mxnet packs native 'IfQQ': 24 bytes, little-endian on every platform it ships for
+IR_SIZE = struct.calcsize(IR_FORMAT)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class RecordIOError(ValueError):
+    pass
+
+
+def pack_record(label, data: bytes, idx: int = 0) -> bytes:
+    """mxnet.recordio.pack: a scalar label (flag 0) or a float32 label array (flag = its size)."""
+    if np.ndim(label) == 0:
+        return struct.pack(IR_FORMAT, 0, float(label), idx, 0) + data
+    arr = np.asarray(label, dtype="<f4")
+    return struct.pack(IR_FORMAT, arr.size, 0.0, idx, 0) + arr.tobytes() + data
+
+
+def unpack_record(payload: bytes) -> tuple[int, float | np.ndarray, int, bytes]:
+    """-> (flag, label (scalar or float32 array), id, remaining bytes)."""
+    if len(payload) < IR_SIZE:
+        raise RecordIOError(f"record of {len(payload)} bytes is shorter than its {IR_SIZE}-byte header")
+    flag, label, idx, _ = struct.unpack(IR_FORMAT, payload[:IR_SIZE])
+    rest = payload[IR_SIZE:]
+    if flag > 0:
+        if len(rest) < 4 * flag:
+            raise RecordIOError(f"record header announces {flag} labels but holds {len(rest)} bytes")
+        return flag, np.frombuffer(rest[:4 * flag], dtype="<f4").copy(), idx, rest[4 * flag:]
+    return flag, label, idx, rest
+
+
+def frame(payload: bytes) -> bytes:
+    """dmlc RecordIOWriter::WriteRecord: split where an aligned magic word occurs, pad to 4 bytes."""
+    if len(payload) >= 1 << 29:
+        raise RecordIOError("a RecordIO record must be smaller than 512 MiB")
+    out, start = bytearray(), 0
+    for i in range(0, len(payload) // 4 * 4, 4):
+        if payload[i:i + 4] == _MAGIC_BYTES:
+            out += _MAGIC_BYTES + struct.pack("<I", ((1 if start == 0 else 2) << 29) | (i - start)) + payload[start:i]
+            start = i + 4
+    out += _MAGIC_BYTES + struct.pack("<I", ((3 if start else 0) << 29) | (len(payload) - start)) + payload[start:]
+    out += b"\0" * (-len(payload) % 4)
+    return bytes(out)
+
+
+def read_frame(f, offset: int) -> bytes:
+    """One logical record starting at `offset`, rejoining split parts (dmlc RecordIOReader)."""
+    f.seek(offset)
+    parts = []
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            raise RecordIOError(f"truncated record header at byte {f.tell() - len(head)}")
+        magic, lrec = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise RecordIOError(f"bad magic {magic:#x} at byte {f.tell() - 8}: not a RecordIO file, or a wrong .idx")
+        cflag, length = lrec >> 29, lrec & ((1 << 29) - 1)
+        data = f.read(length)
+        if len(data) < length:
+            raise RecordIOError(f"truncated record at byte {f.tell() - len(data)}")
+        f.read(-length % 4)
+        parts.append(data)
+        if cflag in (0, 3):
+            return _MAGIC_BYTES.join(parts)
+        if cflag not in (1, 2):
+            raise RecordIOError(f"bad continuation flag {cflag}")
+
+
+def export_recordio(samples: Iterable[tuple[int, bytes]], prefix) -> dict:
+    """Write prefix.rec/.idx in insightface's layout; samples must come grouped by label, labels 0..K-1."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    offsets, labels = [], []
+    with atomic_path(prefix.with_suffix(".rec")) as tmp_rec, open(tmp_rec, "wb") as f:
+        f.write(frame(pack_record([0.0, 0.0], b"", 0)))  # placeholder header, rewritten below (same size)
+        offsets.append(0)
+        for i, (label, data) in enumerate(samples, start=1):
+            if labels and label < labels[-1]:
+                raise RecordIOError("export_recordio: samples must be grouped by label in increasing order")
+            offsets.append(f.tell())
+            f.write(frame(pack_record(float(label), data, i)))
+            labels.append(int(label))
+        n = len(labels)
+        first: dict[int, int] = {}
+        for i, label in enumerate(labels, start=1):
+            first.setdefault(label, i)
+        if sorted(first) != list(range(len(first))):
+            raise RecordIOError("export_recordio: labels must be contiguous 0..K-1")
+        starts = [first[k] for k in range(len(first))] + [n + 1]
+        for k in range(len(first)):  # identity records: [first image, end)
+            offsets.append(f.tell())
+            f.write(frame(pack_record([float(starts[k]), float(starts[k + 1])], b"", n + 1 + k)))
+        f.seek(0)
+        f.write(frame(pack_record([float(n + 1), float(n + 1 + len(first))], b"", 0)))
+    with atomic_path(prefix.with_suffix(".idx")) as tmp_idx:
+        Path(tmp_idx).write_text("".join(f"{i}\t{o}\n" for i, o in enumerate(offsets)))
+    return {"images": n, "identities": len(first)}
+
+
+def read_index(prefix) -> dict[int, int]:
+    idx = {}
+    for n, line in enumerate(Path(prefix).with_suffix(".idx").read_text().splitlines(), 1):
+        if line.strip():
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise RecordIOError(f"{Path(prefix).with_suffix('.idx')}:{n}: expected '<index>\\t<offset>'")
+            idx[int(parts[0])] = int(parts[1])
+    return idx
+
+
+def read_recordio(prefix) -> Iterator[tuple[int, bytes]]:
+    """(label, image bytes) of every image record, in index order; the header and identity records of
+    insightface's layout are skipped. Without a header (flag 0 in record 0) every record is an image."""
+    prefix = Path(prefix)
+    index = read_index(prefix)
+    with open(prefix.with_suffix(".rec"), "rb") as f:
+        flag, label, _, _ = unpack_record(read_frame(f, index[min(index)]))
+        ids = range(1, int(label[0])) if flag > 0 else sorted(index)
+        for i in ids:
+            if i not in index:
+                raise RecordIOError(f"{prefix}.idx has no record {i}")
+            flag, label, _, data = unpack_record(read_frame(f, index[i]))
+            yield int(label[0] if flag > 0 else label), data
+
+
+def recordio_record(prefix, i: int) -> tuple[int, bytes]:
+    """Random access: (label, image bytes) of record i."""
+    prefix = Path(prefix)
+    with open(prefix.with_suffix(".rec"), "rb") as f:
+        flag, label, _, data = unpack_record(read_frame(f, read_index(prefix)[i]))
+    return int(label[0] if flag > 0 else label), data
+
+
+def image_ext(data: bytes) -> str:
+    return "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
+
+
+def export_imagefolder(samples: Iterable[tuple[int, str, bytes]], root) -> dict:
+    """samples: (label, key, image bytes) -> root/<label:06d>/<key>.<jpg|png>, bytes unchanged; class
+    folders sort in label order, so torchvision's ImageFolder gives the same labels."""
+    root = Path(root)
+    n, classes = 0, set()
+    for label, key, data in samples:
+        d = root / f"{int(label):06d}"
+        d.mkdir(parents=True, exist_ok=True)
+        with atomic_path(d / f"{key}.{image_ext(data)}") as tmp:
+            Path(tmp).write_bytes(data)
+        n += 1; classes.add(label)
+    return {"images": n, "identities": len(classes)}
+
+
+def read_imagefolder(root) -> Iterator[tuple[int, str, str, bytes]]:
+    """(label, class name, path relative to root, bytes) for every image file, classes in sorted order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: ImageFolder root not found")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for label, c in enumerate(classes):
+        for f in sorted((root / c).iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+                yield label, c, f"{c}/{f.name}", f.read_bytes()
+
+
+class RecordIOReader:
+    """Random access to image records of one .rec/.idx pair, the file kept open: read(i) -> image bytes."""
+
+    def __init__(self, rec_path):
+        self.prefix = Path(rec_path).with_suffix("")
+        self.index = read_index(self.prefix)
+        self.f = open(self.prefix.with_suffix(".rec"), "rb")
+
+    def read(self, i: int) -> bytes:
+        if i not in self.index:
+            raise FileNotFoundError(f"{self.prefix}.rec has no record {i}")
+        return unpack_record(read_frame(self.f, self.index[i]))[3]
+
+
+def _safe_key(text: str) -> str:
+    """WebDataset keys hold no dots or slashes."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list]]:
+    """align.train_source -> (the file the align tasks read and hash, [[key, member, meta], ...]) for
+    every kept image, after align's per-person limits (min/max images per person, max people; people in
+    sorted order, a person's images in file order)."""
+    kind, _, rel = spec.partition(":")
+    path = (root / rel) if not Path(rel).is_absolute() else Path(rel)
+    people: dict[str, list] = {}
+    if kind == "recordio":
+        rec = path.with_suffix(".rec")
+        if not rec.is_file() or not path.with_suffix(".idx").is_file():
+            raise FileNotFoundError(f"align.train_source: {path}.rec / .idx not found")
+        for i, (label, _) in zip(_image_indices(path), read_recordio(path)):
+            people.setdefault(f"id{label:07d}", []).append((f"rec{i:09d}", i))
+        source = rec
+    elif kind == "imagefolder":
+        source = path
+        for _, name, relpath, _ in read_imagefolder(path):
+            people.setdefault(name, []).append((_safe_key(f"{name}_{Path(relpath).stem}"), path / relpath))
+    else:
+        raise ValueError(f"align.train_source: unknown kind {kind!r}")
+    keep = [n for n in sorted(people) if len(people[n]) >= p["min_images_per_person"]][:p["max_train_people"]]
+    return source, [[key, member, {"split": "train", "identity": n, "fold": 0}]
+                    for n in keep for key, member in people[n][:p["max_images_per_person"]]]
+
+
+def _image_indices(prefix) -> list[int]:
+    """Record indices of the image records, in the order read_recordio yields them."""
+    index = read_index(prefix)
+    with open(Path(prefix).with_suffix(".rec"), "rb") as f:
+        flag, label, _, _ = unpack_record(read_frame(f, index[min(index)]))
+    return list(range(1, int(label[0]))) if flag > 0 else sorted(index)

@@ -1,0 +1,104 @@
+"""RecordIO (insightface layout, no mxnet) and ImageFolder export/import on real LFW images: round trips
+give the same bytes and labels; the dmlc framing splits at magic words; bad files fail clearly."""
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from tasks.interchange import (MAGIC, RecordIOError, export_imagefolder, export_recordio, frame, pack_record,
+                               read_frame, read_imagefolder, read_index, read_recordio, recordio_record, unpack_record)
+
+
+@pytest.fixture(scope="module")
+def faces(lfw_files):
+    """(label, key, jpeg bytes) for 3 real people, 2-3 images each, grouped by label."""
+    with zipfile.ZipFile(lfw_files / "lfw-deepfunneled.zip") as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".jpg"))
+        people = {}
+        for n in names:
+            people.setdefault(n.split("/")[-2], []).append(n)
+        chosen = [p for p in sorted(people) if len(people[p]) >= 3][:3]
+        return [(label, people[p][i].split("/")[-1][:-4], z.read(people[p][i]))
+                for label, p in enumerate(chosen) for i in range(2 + label % 2)]
+
+
+def test_recordio_round_trip_and_insightface_layout(tmp_path, faces):
+    info = export_recordio([(label, data) for label, _, data in faces], tmp_path / "train")
+    assert info == {"images": len(faces), "identities": 3}
+    assert list(read_recordio(tmp_path / "train")) == [(label, data) for label, _, data in faces]
+    # what arcface_torch's MXFaceDataset reads: record 0's label = [first identity record, end]
+    with open(tmp_path / "train.rec", "rb") as f:
+        flag, head, _, _ = unpack_record(read_frame(f, read_index(tmp_path / "train")[0]))
+        assert flag == 2 and head.tolist() == [len(faces) + 1, len(faces) + 4]
+        ranges = [unpack_record(read_frame(f, read_index(tmp_path / "train")[i]))[1].tolist() for i in range(int(head[0]), int(head[1]))]
+    assert ranges == [[1, 3], [3, 6], [6, 8]]  # [first image, end) per identity
+    assert recordio_record(tmp_path / "train", 4) == (faces[3][0], faces[3][2])
+    assert not list(tmp_path.glob(".*"))  # written atomically, nothing temporary left
+
+
+def test_frame_splits_at_magic_and_rejoins(tmp_path):
+    magic = struct.pack("<I", MAGIC)
+    payload = b"abcd" + magic + b"efgh" + magic + b"xyz"  # magic words at aligned offsets 4 and 12
+    framed = frame(payload)
+    heads = [struct.unpack("<II", framed[o:o + 8]) for o in (0, 12, 24)]
+    assert [(h[1] >> 29, h[1] & 0x1FFFFFFF) for h in heads] == [(1, 4), (2, 4), (3, 3)]
+    assert len(framed) % 4 == 0
+    (tmp_path / "r.bin").write_bytes(framed + frame(b"next"))
+    with open(tmp_path / "r.bin", "rb") as f:
+        assert read_frame(f, 0) == payload and read_frame(f, len(framed)) == b"next"
+
+
+def test_scalar_and_array_labels():
+    assert unpack_record(pack_record(7, b"img"))[1::2] == (7.0, b"img")
+    flag, label, _, rest = unpack_record(pack_record([1.0, 5.0], b"img"))
+    assert flag == 2 and label.tolist() == [1.0, 5.0] and rest == b"img"
+
+
+def test_bad_recordio_files_fail_clearly(tmp_path, faces):
+    export_recordio([(label, data) for label, _, data in faces], tmp_path / "ok")
+    (tmp_path / "bad.rec").write_bytes(b"\0" * 64)
+    (tmp_path / "bad.idx").write_text("0\t0\n")
+    with pytest.raises(RecordIOError, match="bad magic"):
+        list(read_recordio(tmp_path / "bad"))
+    raw = (tmp_path / "ok.rec").read_bytes()
+    (tmp_path / "cut.rec").write_bytes(raw[:len(raw) // 2])
+    (tmp_path / "cut.idx").write_text((tmp_path / "ok.idx").read_text())
+    with pytest.raises(RecordIOError, match="truncated|bad magic"):
+        list(read_recordio(tmp_path / "cut"))
+    with pytest.raises(RecordIOError, match="grouped by label"):
+        export_recordio([(1, b"a"), (0, b"b")], tmp_path / "unsorted")
+
+
+def test_imagefolder_round_trip(tmp_path, faces):
+    assert export_imagefolder(faces, tmp_path / "tree") == {"images": len(faces), "identities": 3}
+    got = list(read_imagefolder(tmp_path / "tree"))
+    assert [(label, data) for label, _, _, data in got] == [(label, data) for label, _, data in faces]
+    assert [rel for _, _, rel, _ in got][0] == f"000000/{faces[0][1]}.jpg"
+    assert np.unique([c for _, c, _, _ in got]).tolist() == ["000000", "000001", "000002"]
+
+
+def test_imagefolder_import_takes_prealigned_faces_as_they_are(tmp_path, faces):
+    """align.train_source imagefolder:...: members per class; pre-aligned 112x112 crops pass unchanged."""
+    from PIL import Image
+    import io
+
+    from tasks.align import make_detector, prealigned_items
+    from tasks.interchange import source_members
+    crops = []
+    for label, key, data in faces:  # LFW photos centre-cropped to 112x112 stand in for aligned crops
+        im = Image.open(io.BytesIO(data)).convert("RGB").crop((69, 69, 181, 181))
+        buf = io.BytesIO(); im.save(buf, format="JPEG", quality=95)
+        crops.append((label, key, buf.getvalue()))
+    export_imagefolder(crops, tmp_path / "tree")
+    (tmp_path / "tree" / "000001" / "broken.jpg").write_bytes(b"not an image")
+    p = {"min_images_per_person": 3, "max_images_per_person": 10, "max_train_people": 10, "output_size": 112,
+         "jpeg_quality": 95, "batch_size": 8}
+    source, members = source_members("imagefolder:tree", tmp_path, p)
+    assert source == tmp_path / "tree"
+    assert sorted({m[2]["identity"] for m in members}) == ["000001"]  # the others have only 2 images each
+    items = [(k, str(path), path.read_bytes(), meta) for k, path, meta in members]
+    accepted, rejected = prealigned_items(items, make_detector("mtcnn"), p)
+    assert [r["reason"] for r in rejected] == ["not a decodable image"]
+    assert sorted(a["jpg"] for a in accepted) == sorted(d for label, _, d in crops if label == 1)
+    assert all(a["pose_source"] in ("pnp", "none") for a in accepted) and any(a["pose_source"] == "pnp" for a in accepted)
