@@ -8,6 +8,7 @@ re-encoded; labels are the dataset's `cls`.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +27,8 @@ def label_ordered(dataset: Path) -> Iterator[tuple[int, str, bytes]]:
     handles = {s: open(dataset / s, "rb") for s in index}
     try:
         for label, key, shard in zip(m["label"], m["key"], m["shard"]):
+            if not KEY.fullmatch(str(key)):  # a pulled manifest is input: a key must not name a path
+                raise ValueError(f"{shard}: sample key {key!r} is not [A-Za-z0-9_-]+")
             members = index[shard].get(key)
             if members is None:
                 raise ValueError(f"{shard}: sample {key} of the manifest is missing")
@@ -39,9 +42,14 @@ def label_ordered(dataset: Path) -> Iterator[tuple[int, str, bytes]]:
             f.close()
 
 
+KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def export(fmt: str, out: Path, dataset: Path) -> dict:
     if not (dataset / "manifest.parquet").is_file():
         raise FileNotFoundError(f"{dataset}: no manifest.parquet (run `dvc repro package`, or pass --dataset)")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: export into a new folder, so no older file mixes in")
     if fmt == "recordio":
         return export_recordio(((label, data) for label, _, data in label_ordered(dataset)), out / "train")
     if fmt == "imagefolder":

@@ -5,11 +5,12 @@
 Filters, each a parameter, applied in this order (an image's reason is the first that fails):
   privacy_encoder / privacy_judge  a whole identity whose centre reaches the same-person threshold to any
                                    real training identity, by the encoder or by the independent dlib judge;
-  not_unique                       DCFace's r-ball on encoder centres: an identity within unique_radius of
-                                   an earlier kept one is dropped (uniqueness: drop) or relabelled (merge);
   low_consistency                  an image whose encoder cosine to its identity centre < min_consistency;
   no_face                          the aligner (MTCNN) finds no face in the image (face_filter: true);
-  too_few_images                   an identity left with fewer than min_images_per_identity images.
+  too_few_images                   an identity left with fewer than min_images_per_identity images;
+  not_unique                       DCFace's r-ball on the surviving identities' encoder centres: one within
+                                   unique_radius of an earlier kept one is dropped (uniqueness: drop) or
+                                   relabelled as it (merge).
 Identity-level thresholds default to ones calibrated on the real training faces (tasks/filters.py).
 
 Outputs (artifacts/dataset): synthface-NNNNNN.tar shards (deterministic bytes, written atomically),
@@ -31,7 +32,7 @@ from prefect import flow, get_run_logger
 from tasks.card import write_card
 from tasks.describe import embed_set
 from tasks.encoder import embed, load_encoder
-from tasks.filters import centre_threshold, r_ball
+from tasks.filters import REASONS, apply_filters, centre_threshold
 from tasks.identity import centres, cos_to_centre
 from tasks.io import atomic_path, write_bytes, write_json, write_parquet
 from tasks.judge import centred_unit
@@ -42,9 +43,6 @@ from tasks.shards import read_tar, write_shards, write_wids_index
 from . import ROOT
 from .common import RunRecord, device, params, stage_dir
 from .judging import detect_set, judge_set
-
-REASONS = ("privacy_encoder", "privacy_judge", "not_unique", "low_consistency", "no_face", "too_few_images")
-
 
 def judged_keys(keys: np.ndarray, labels: np.ndarray, per_identity: int) -> list[str]:
     """The first `per_identity` keys of every identity (0: all) - the faces the slow judge describes."""
@@ -88,6 +86,9 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     syn = {"encoder": embed_set(describe, blocks)}
     real = {"encoder": embed_set(describe, real_shards)}
     n_judge = p["judge_images_per_identity"]
+    if 0 < n_judge < 4:
+        raise ValueError("package.judge_images_per_identity: use 0 (all) or at least 4 - the identity-level threshold "
+                         "splits each real identity's judged images into two halves")
     real["judge"] = judge_set(real_shards, judged_keys(real["encoder"]["keys"], real["encoder"]["labels"], n_judge))
     syn["judge"] = judge_set(blocks, judged_keys(syn["encoder"]["keys"], syn["encoder"]["labels"], n_judge))
     mean = real["judge"]["emb"].mean(0)  # dlib cosines are read after centring on the real faces (tasks/judge.py)
@@ -98,39 +99,25 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     if list(keys) != plan.index.tolist():
         raise ValueError("package: the sample blocks do not match plan.parquet (rerun the sample stage)")
 
-    # 2. thresholds: given, or calibrated on the real training faces at the identity level
-    calibrated = {m: centre_threshold(real[m]["emb"], real[m]["labels"]) for m in ("encoder", "judge")}
-    thr = {m: p["privacy_threshold"][m] if p["privacy_threshold"][m] is not None else calibrated[m] for m in calibrated}
-    radius = p["unique_radius"] if p["unique_radius"] is not None else calibrated["encoder"]
+    # 2. thresholds: given, or calibrated on the real training faces at the identity level (only when unset)
+    unset = {m for m in ("encoder", "judge") if p["privacy_threshold"][m] is None}
+    if p["uniqueness"] != "off" and p["unique_radius"] is None:
+        unset.add("encoder")
+    calibrated = {m: centre_threshold(real[m]["emb"], real[m]["labels"]) for m in sorted(unset)}
+    thr = {m: calibrated[m] if p["privacy_threshold"][m] is None else p["privacy_threshold"][m] for m in ("encoder", "judge")}
+    radius = p["unique_radius"] if p["unique_radius"] is not None else calibrated.get("encoder")
 
-    # 3. identity-level filters: privacy audit, then the r-ball over the identities that passed it
     ids = np.unique(ident)
     table = identity_table(ids, syn, real, thr)
-    private = table["privacy_flag_encoder"].to_numpy() | table["privacy_flag_judge"].to_numpy()
-    _, c = centres(syn["encoder"]["emb"], ident)
-    rep = np.full(len(ids), -1)
-    ok = np.flatnonzero(~private)
-    rep[ok] = ok[r_ball(c[ok], radius)] if p["uniqueness"] != "off" else ok
-    table["unique_rep"] = np.where(rep >= 0, ids[np.maximum(rep, 0)], -1)
-    reason = np.full(len(keys), "", dtype=object)
-    pos = np.searchsorted(ids, ident)
-    reason[table["privacy_flag_encoder"].to_numpy()[pos]] = "privacy_encoder"
-    reason[(reason == "") & table["privacy_flag_judge"].to_numpy()[pos]] = "privacy_judge"
-    merged_into = table["unique_rep"].to_numpy()[pos]
-    duplicate = (merged_into >= 0) & (merged_into != ident)
-    if p["uniqueness"] == "drop":
-        reason[(reason == "") & duplicate] = "not_unique"
-    owner = np.where(duplicate & (p["uniqueness"] == "merge"), merged_into, ident)
-
-    # 4. image-level filters
     cons = cos_to_centre(syn["encoder"]["emb"], ident)
-    reason[(reason == "") & (cons < p["min_consistency"])] = "low_consistency"
     face_found = ~np.isnan(faces["poses"]).any(1)
-    if p["face_filter"]:
-        reason[(reason == "") & ~face_found] = "no_face"
-    left = pd.Series(owner[reason == ""]).value_counts()
-    small = np.isin(owner, left[left < p["min_images_per_identity"]].index.to_numpy())
-    reason[(reason == "") & small] = "too_few_images"
+    reason, owner, merged_into = apply_filters(ident, syn["encoder"]["emb"], cons, face_found, ids,
+                                               table["privacy_flag_encoder"].to_numpy(), table["privacy_flag_judge"].to_numpy(),
+                                               p, radius)
+    duplicate = (merged_into >= 0) & (merged_into != ident)
+    rep = np.full(len(ids), -1)
+    rep[np.searchsorted(ids, ident)] = merged_into  # one value per identity
+    table["unique_rep"] = rep
     keep = reason == ""
     if not keep.any():
         raise ValueError(f"package: every image was filtered out ({pd.Series(reason).value_counts().to_dict()}); "
@@ -173,12 +160,12 @@ def package_flow(params_path: str = "params.yaml") -> dict:
 
     counts = {"images_in": int(len(keys)), "images_out": int(keep.sum()), "identities_in": int(len(ids)),
               "identities_out": len(labels), "dropped": {r: int((reason == r).sum()) for r in REASONS},
-              "identities_merged": int(len(set(merged_into[duplicate].tolist()))) if p["uniqueness"] == "merge" else 0,
+              "identities_merged": int(len(set(ident[duplicate].tolist()))) if p["uniqueness"] == "merge" else 0,
               "mean_consistency": float(cons[keep].mean()) if keep.any() else None,
               "faces_found": float(face_found.mean()), "shards": len(shards)}
     # the reference: how many distinct real people are this close to another real person (1:N comparisons)
     real_other = {m: real_nearest_other(centres(real[m]["emb"], real[m]["labels"])[1]) for m in ("encoder", "judge")}
-    priv = {"thresholds": thr, "calibrated_thresholds": calibrated, "unique_radius": radius,
+    priv = {"thresholds": thr, "calibrated_thresholds": calibrated, "unique_radius": radius if p["uniqueness"] != "off" else None,
             "judge_images_per_identity": n_judge, "real_identities": {m: int(len(np.unique(real[m]["labels"]))) for m in real},
             **{m: {"max_cos_mean": float(table[f"max_cos_real_{m}"].mean()), "max_cos_max": float(table[f"max_cos_real_{m}"].max()),
                    "max_cos_p95": float(np.percentile(table[f"max_cos_real_{m}"], 95)),

@@ -65,12 +65,13 @@ def push_data(remote: str | None) -> None:
 
 @task
 def tag_release(version: str, commit: str, push: bool) -> dict:
-    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    lock = yaml.safe_load(_run("git", "show", f"{commit}:dvc.lock"))
     outs = {o["path"]: o.get("md5") for o in lock["stages"]["package"]["outs"]}
     counts = json.loads((ROOT / "artifacts" / "dataset" / "counts.json").read_text())
     info = {"version": version, "commit": commit, "dataset_md5": outs.get("artifacts/dataset"),
             "images": counts["images_out"], "identities": counts["identities_out"], "shards": counts["shards"]}
-    _run("git", "tag", "-a", f"v{version}", "-m", f"synthface dataset v{version}\n\n{json.dumps(info, indent=2)}")
+    # the checked commit, even if HEAD moved during the push
+    _run("git", "tag", "-a", f"v{version}", "-m", f"synthface dataset v{version}\n\n{json.dumps(info, indent=2)}", commit)
     remotes = _run("git", "remote").split()
     if push and remotes:
         _run("git", "push", remotes[0], f"v{version}")

@@ -109,6 +109,11 @@ def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[s
         for x, _, keys in loader(shards, p["batch_size"], p["seed"], epoch, 0):
             if step >= p["steps"]:
                 break
+            if not all(k in attr_of for k in keys):  # a pre-aligned face whose pose is unknown: not in the pool
+                known = [i for i, k in enumerate(keys) if k in attr_of]
+                if not known:
+                    continue
+                x, keys = x[known], [keys[i] for i in known]
             x0 = to_resolution(x, p["resolution"]).to(device)
             flip = torch.rand(len(keys), generator=g) < 0.5  # flips keep identity, double the data
             x0 = torch.where(flip[:, None, None, None].to(device), x0.flip(3), x0)

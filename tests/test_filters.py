@@ -48,3 +48,26 @@ def test_release_versions_bump_from_the_newest_tag():
     assert next_version(tags, "patch") == "0.10.3"
     assert next_version(tags, "minor") == "0.11.0"
     assert next_version(tags, "major") == "1.0.0"
+
+
+def test_filters_in_order_and_a_kept_representative_keeps_its_duplicates():
+    from tasks.filters import apply_filters
+    # 5 identities x 3 images; 0 and 1 share a direction (duplicates), 2 is private, 3 has two bad images
+    d = np.eye(4)
+    centre = {0: d[0], 1: d[0] * 0.99 + d[1] * 0.14, 2: d[2], 3: d[3], 4: -d[0]}
+    ident = np.repeat(np.arange(5), 3)
+    emb = np.stack([centre[i] for i in ident]); emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cons = np.ones(15); cons[[9, 10]] = 0.1                              # identity 3: 2 of 3 images inconsistent
+    face = np.ones(15, bool); face[12] = False                           # identity 4: one image without a face
+    ids = np.arange(5)
+    priv_enc, priv_judge = np.zeros(5, bool), np.array([False, False, True, False, False])
+    p = {"min_consistency": 0.5, "face_filter": True, "min_images_per_identity": 2, "uniqueness": "drop"}
+    reason, owner, rep = apply_filters(ident, emb, cons, face, ids, priv_enc, priv_judge, p, 0.9)
+    assert reason.tolist() == ["", "", "", "not_unique", "not_unique", "not_unique", "privacy_judge", "privacy_judge",
+                               "privacy_judge", "low_consistency", "low_consistency", "too_few_images", "no_face", "", ""]
+    # identity 0 drops below min_images (its images fail consistency): its duplicate 1 is then kept, not lost
+    cons2 = np.ones(15); cons2[[0, 1]] = 0.1
+    reason, owner, rep = apply_filters(ident, emb, cons2, face, ids, priv_enc, priv_judge, p, 0.9)
+    assert reason[:6].tolist() == ["low_consistency", "low_consistency", "too_few_images", "", "", ""]
+    reason, owner, rep = apply_filters(ident, emb, cons, face, ids, priv_enc, priv_judge, {**p, "uniqueness": "merge"}, 0.9)
+    assert reason[3:6].tolist() == ["", "", ""] and owner[3:6].tolist() == [0, 0, 0] and rep[3:6].tolist() == [0, 0, 0]
