@@ -24,7 +24,7 @@ MICRO = {
     "sample": {"num_identities": 4, "embeddings_per_identity": 2, "images_per_embedding": 1, "anchor_iters": 20,
                "num_inference_steps": 3, "block_size": 2, "batch_size": 8},
     # 4 micro identities of one 16 px face: calibrated filters would leave one (tests/test_filters.py covers them)
-    "package": {"shard_size": 5, "privacy_threshold": {"encoder": 0.999, "judge": 0.999}, "uniqueness": "off"},
+    "package": {"shard_size": 5, "privacy_threshold": {"encoder": 0.999, "judge": 0.999}, "unique_radius": 1.0},
     "train_fr": {"arch": {"layers": [1, 1], "widths": [16, 32], "input_size": 32, "embedding_dim": 32},
                  "epochs": 1, "batch_size": 4, "milestones": [1], "warmup_steps": 1},
     "evaluate": {"judge_max_identities": 3, "hist_pairs": 200, "grid_identities": 2, "grid_images": 2},
