@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from tasks import lfw
 from tasks.align import align_items, make_detector, prealigned_items
 from tasks.attributes import HOPENET_FILE, make_age_estimator, make_pose_estimator
-from tasks.interchange import RecordIOReader, source_members
+from tasks.interchange import RecordIOReader, rec_idx, source_members
 from tasks.io import write_json, write_parquet
 from tasks.shards import write_shards
 
@@ -38,6 +38,14 @@ def _reader(kind: str, source):
     return lambda member: Path(member).read_bytes()  # imagefolder: members are the files
 
 
+def _source_name(member) -> str:
+    """What a record's `source` says: the zip member, the RecordIO index, or an ImageFolder file's path
+    relative to the project, so shard bytes do not depend on where the checkout lives."""
+    if isinstance(member, Path):
+        return member.relative_to(ROOT).as_posix() if member.is_relative_to(ROOT) else member.as_posix()
+    return str(member)
+
+
 @task(cache_key_fn=content_key, persist_result=True, retries=1)
 def align_chunk(kind: str, source, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
     """members: [key, member, meta]; source: the LFW zip or .rec (a Path: the cache key hashes its bytes),
@@ -54,7 +62,7 @@ def align_chunk(kind: str, source, members: list[list], p: dict) -> tuple[list[d
             raw = read(member)
         except (FileNotFoundError, OSError) as e:
             raw, meta = b"", {**meta, "read_error": str(e)}
-        items.append((key, str(member), raw, meta))
+        items.append((key, _source_name(member), raw, meta))
     return (prealigned_items if p["pre_aligned"] and kind != "lfw" else align_items)(items, det, p, pose, age)
 
 
@@ -92,7 +100,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     inputs = {"lfw_zip": data_dir / lfw.ZIP_NAME}
     if p["train_source"]:
         kind, _, rel = p["train_source"].partition(":")
-        inputs["train_source"] = (ROOT / rel).with_suffix(".rec") if kind == "recordio" else ROOT / rel
+        inputs["train_source"] = rec_idx(ROOT / rel)[0] if kind == "recordio" else ROOT / rel
     rec = RunRecord("align", p, out, inputs)
     train, pairs = lfw.select(data_dir / "people.txt", data_dir / "pairs.txt", p)
     imported = None
@@ -113,7 +121,8 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     sources = [("lfw", data_dir / lfw.ZIP_NAME, lfw_members)]
     if imported:
         kind, src, train_members = imported
-        sources.insert(0, (kind, str(src) if kind == "imagefolder" else src, train_members))
+        # an ImageFolder tree travels as its project-relative name (its files are hashed one by one)
+        sources.insert(0, (kind, _source_name(src) if kind == "imagefolder" else src, train_members))
     members = [m for _, _, ms in sources for m in ms]
     if len({m[0] for m in members}) != len(members):
         raise ValueError("align: two inputs map to the same sample key")

@@ -52,12 +52,13 @@ def judged_keys(keys: np.ndarray, labels: np.ndarray, per_identity: int) -> list
     return sorted(df.groupby("label").head(per_identity)["key"].tolist())
 
 
-def identity_table(ids, syn: dict, real: dict, thr: dict) -> pd.DataFrame:
-    """Per synthetic identity and model: highest cosine to a real training identity and which one."""
+def identity_table(ids, syn: dict, real_c: dict, thr: dict) -> pd.DataFrame:
+    """Per synthetic identity and model: highest cosine to a real training identity (real_c: model ->
+    (real ids, their centres)) and which one."""
     out = pd.DataFrame({"identity": ids})
     for m in ("encoder", "judge"):
         sid, sc = centres(syn[m]["emb"], syn[m]["labels"])
-        rid, rc = centres(real[m]["emb"], real[m]["labels"])
+        rid, rc = real_c[m]
         best, arg = nearest_real(sc, rc)
         col = pd.DataFrame({"identity": sid, f"max_cos_real_{m}": best, f"nearest_real_{m}": rid[arg].astype(int)})
         out = out.merge(col, on="identity", how="left")
@@ -101,14 +102,15 @@ def package_flow(params_path: str = "params.yaml") -> dict:
 
     # 2. thresholds: given, or calibrated on the real training faces at the identity level (only when unset)
     unset = {m for m in ("encoder", "judge") if p["privacy_threshold"][m] is None}
-    if p["uniqueness"] != "off" and p["unique_radius"] is None:
+    if p["uniqueness"] != "keep" and p["unique_radius"] is None:
         unset.add("encoder")
     calibrated = {m: centre_threshold(real[m]["emb"], real[m]["labels"]) for m in sorted(unset)}
     thr = {m: calibrated[m] if p["privacy_threshold"][m] is None else p["privacy_threshold"][m] for m in ("encoder", "judge")}
     radius = p["unique_radius"] if p["unique_radius"] is not None else calibrated.get("encoder")
 
     ids = np.unique(ident)
-    table = identity_table(ids, syn, real, thr)
+    real_c = {m: centres(real[m]["emb"], real[m]["labels"]) for m in ("encoder", "judge")}
+    table = identity_table(ids, syn, real_c, thr)
     cons = cos_to_centre(syn["encoder"]["emb"], ident)
     face_found = ~np.isnan(faces["poses"]).any(1)
     reason, owner, merged_into = apply_filters(ident, syn["encoder"]["emb"], cons, face_found, ids,
@@ -164,8 +166,8 @@ def package_flow(params_path: str = "params.yaml") -> dict:
               "mean_consistency": float(cons[keep].mean()) if keep.any() else None,
               "faces_found": float(face_found.mean()), "shards": len(shards)}
     # the reference: how many distinct real people are this close to another real person (1:N comparisons)
-    real_other = {m: real_nearest_other(centres(real[m]["emb"], real[m]["labels"])[1]) for m in ("encoder", "judge")}
-    priv = {"thresholds": thr, "calibrated_thresholds": calibrated, "unique_radius": radius if p["uniqueness"] != "off" else None,
+    real_other = {m: real_nearest_other(real_c[m][1]) for m in ("encoder", "judge")}
+    priv = {"thresholds": thr, "calibrated_thresholds": calibrated, "unique_radius": radius if p["uniqueness"] != "keep" else None,
             "judge_images_per_identity": n_judge, "real_identities": {m: int(len(np.unique(real[m]["labels"]))) for m in real},
             **{m: {"max_cos_mean": float(table[f"max_cos_real_{m}"].mean()), "max_cos_max": float(table[f"max_cos_real_{m}"].max()),
                    "max_cos_p95": float(np.percentile(table[f"max_cos_real_{m}"], 95)),

@@ -202,11 +202,30 @@ def add_attributes(accepted: list[dict], pose, age) -> None:
                   "age": float(y) if np.isfinite(y) else None})
 
 
+def square_crop(arr: np.ndarray, size: int) -> np.ndarray:
+    """A pre-aligned crop at size x size. A non-square one (SphereFace's 112x96) is padded with black on
+    its short side, centred, never stretched: the ArcFace template is the 96x112 one shifted 8 px in x."""
+    h, w = arr.shape[:2]
+    if h != w:
+        d = abs(h - w)
+        pad = ((0, 0), (d // 2, d - d // 2)) if w < h else ((d // 2, d - d // 2), (0, 0))
+        arr = np.pad(arr, (*pad, (0, 0)))
+    return arr if arr.shape[0] == size else cv2.resize(arr, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def exif_rotated(raw: bytes) -> bool:
+    """True when the file's EXIF orientation asks viewers to rotate or flip it (PIL and OpenCV disagree on it)."""
+    try:
+        return Image.open(io.BytesIO(raw)).getexif().get(0x0112, 1) not in (0, 1)
+    except Exception:  # noqa: BLE001  (decode() already vetted the file; unreadable EXIF means none applies)
+        return False
+
+
 def prealigned_items(items: list[tuple[str, str, bytes, dict]], detector, p: dict, pose=None,
                      age=None) -> tuple[list[dict], list[dict]]:
     """Like align_items for inputs that already are ArcFace-aligned crops (CASIA-WebFace's
     faces_webface_112x112, MS1M): no detection-based crop or rejection - only undecodable files are
-    rejected. For the PnP pose, landmarks are measured on the crop when a detector is given and finds a
+    rejected. Crops of another size are padded square and resized (square_crop). For the PnP pose, landmarks are measured on the crop when a detector is given and finds a
     face; otherwise the pose is left unknown (nan, pose_source 'none'). HopeNet needs no landmarks."""
     pose = pose if pose is not None else PnPPose()
     accepted, rejected = [], []
@@ -216,8 +235,10 @@ def prealigned_items(items: list[tuple[str, str, bytes, dict]], detector, p: dic
         if arr is None:
             rejected.append({"key": key, "source": source, "reason": reason, **meta})
             continue
-        crop = arr if arr.shape[:2] == (size, size) else cv2.resize(arr, (size, size), interpolation=cv2.INTER_AREA)
-        jpg = raw if arr.shape[:2] == (size, size) and raw[:2] == b"\xff\xd8" else encode_jpeg(crop, p["jpeg_quality"])
+        crop = square_crop(arr, size)
+        # the file's own bytes only when they already are the crop every reader decodes alike
+        as_is = arr.shape[:2] == (size, size) and raw[:2] == b"\xff\xd8" and mode == "RGB" and not exif_rotated(raw)
+        jpg = raw if as_is else encode_jpeg(crop, p["jpeg_quality"])
         accepted.append({"key": key, "source": source, "source_mode": mode, "score": None, "box": None,
                          "landmarks": [float("nan")] * 10, "sha256": sha256_bytes(jpg), "jpg": jpg, "_crop": crop,
                          "_size": (size, size), **meta})

@@ -39,6 +39,10 @@ def write_card(path, counts: dict, privacy: dict, shards: list[dict], runs: dict
                      for n, r in {**runs, "package": package_run}.items())
     smp_in = runs.get("sample", {}).get("inputs", {})
     data_sha = "\n".join(f"  - `{n}`: `{h}`" for n, h in sorted(allp["data"]["sha256"].items()))
+    if allp["align"].get("train_source"):  # the generator and encoder learnt from these faces, not LFW's
+        imported = runs.get("align", {}).get("inputs", {}).get("train_source")
+        data_sha = (f"  - training faces imported from `{allp['align']['train_source']}`: `{imported or '-'}`\n"
+                    f"  - LFW, for the evaluation pairs only:\n" + data_sha.replace("  - ", "    - "))
     shard_rows = "\n".join(f"| {x['shard']} | {x['count']} | {x['bytes']} | `{x['sha256']}` |" for x in shards)
     dropped = "\n".join(f"| {r} | {n} |" for r, n in counts["dropped"].items())
     pm = {m: privacy[m] for m in ("encoder", "judge")}
@@ -102,7 +106,7 @@ people outside the training data.
 
 - generator checkpoint (`artifacts/generator`): {_short(smp_in.get('generator'))}; identity encoder
   (`artifacts/encoder`): {_short(smp_in.get('encoder'))}
-- input data (`params.yaml` data.sha256):
+- input data (sha256):
 {data_sha}
 
 ## Shards

@@ -77,7 +77,7 @@ def apply_filters(ident: np.ndarray, emb: np.ndarray, cons: np.ndarray, face_fou
     reason[(reason == "") & np.isin(ident, left[left < p["min_images_per_identity"]].index.to_numpy())] = "too_few_images"
     alive = reason == ""
     rep_of: dict[int, int] = {}
-    if p["uniqueness"] != "off" and alive.any():
+    if p["uniqueness"] != "keep" and alive.any():
         sid, sc = centres(emb[alive], ident[alive])  # centres of the surviving images
         rep_of = {int(i): int(sid[j]) for i, j in zip(sid, r_ball(sc, radius))}
     merged_into = np.array([rep_of.get(int(i), -1) for i in ident], dtype=int)

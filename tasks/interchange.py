@@ -10,7 +10,7 @@
 
     export_recordio(samples, "out/train")        # samples: (label, image bytes) in label order -> train.rec/.idx
     for label, data in read_recordio("out/train"): ...
-    export_imagefolder(samples_with_keys, "out/images");  for cls, rel, data in read_imagefolder("out/images"): ...
+    export_imagefolder(samples_with_keys, "out/images");  for label, cls, path in read_imagefolder("out/images"): ...
     python -m flows export --format recordio|imagefolder --out DIR   # a packaged dataset
 """
 from __future__ import annotations
@@ -32,6 +32,15 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 class RecordIOError(ValueError):
     pass
+
+
+def rec_idx(prefix) -> tuple[Path, Path]:
+    """prefix ('data/train', 'data/faces.v2' or 'data/train.rec') -> (its .rec, its .idx). The suffix is
+    appended, never swapped: a dotted prefix keeps its dots."""
+    prefix = Path(prefix)
+    if prefix.suffix in (".rec", ".idx"):
+        prefix = prefix.with_suffix("")
+    return prefix.with_name(prefix.name + ".rec"), prefix.with_name(prefix.name + ".idx")
 
 
 def pack_record(label, data: bytes, idx: int = 0) -> bytes:
@@ -93,68 +102,104 @@ def read_frame(f, offset: int) -> bytes:
 
 
 def export_recordio(samples: Iterable[tuple[int, bytes]], prefix) -> dict:
-    """Write prefix.rec/.idx in insightface's layout; samples must come grouped by label, labels 0..K-1."""
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    """Write prefix.rec/.idx in insightface's layout; samples must come grouped by label, labels 0..K-1.
+    Both files are written in full before either is renamed into place, the old .idx removed first:
+    a reader finds the old pair, the new pair, or no .idx - never a .rec with another file's index."""
+    rec_path, idx_path = rec_idx(prefix)
+    rec_path.parent.mkdir(parents=True, exist_ok=True)
     offsets, labels = [], []
-    with atomic_path(prefix.with_suffix(".rec")) as tmp_rec, open(tmp_rec, "wb") as f:
-        f.write(frame(pack_record([0.0, 0.0], b"", 0)))  # placeholder header, rewritten below (same size)
-        offsets.append(0)
-        for i, (label, data) in enumerate(samples, start=1):
-            if labels and label < labels[-1]:
-                raise RecordIOError("export_recordio: samples must be grouped by label in increasing order")
-            offsets.append(f.tell())
-            f.write(frame(pack_record(float(label), data, i)))
-            labels.append(int(label))
-        n = len(labels)
-        first: dict[int, int] = {}
-        for i, label in enumerate(labels, start=1):
-            first.setdefault(label, i)
-        if sorted(first) != list(range(len(first))):
-            raise RecordIOError("export_recordio: labels must be contiguous 0..K-1")
-        starts = [first[k] for k in range(len(first))] + [n + 1]
-        for k in range(len(first)):  # identity records: [first image, end)
-            offsets.append(f.tell())
-            f.write(frame(pack_record([float(starts[k]), float(starts[k + 1])], b"", n + 1 + k)))
-        f.seek(0)
-        f.write(frame(pack_record([float(n + 1), float(n + 1 + len(first))], b"", 0)))
-    with atomic_path(prefix.with_suffix(".idx")) as tmp_idx:
-        Path(tmp_idx).write_text("".join(f"{i}\t{o}\n" for i, o in enumerate(offsets)))
+    with atomic_path(idx_path) as tmp_idx:
+        with atomic_path(rec_path) as tmp_rec:
+            with open(tmp_rec, "wb") as f:
+                f.write(frame(pack_record([0.0, 0.0], b"", 0)))  # placeholder header, rewritten below (same size)
+                offsets.append(0)
+                for i, (label, data) in enumerate(samples, start=1):
+                    if labels and label < labels[-1]:
+                        raise RecordIOError("export_recordio: samples must be grouped by label in increasing order")
+                    offsets.append(f.tell())
+                    f.write(frame(pack_record(float(label), data, i)))
+                    labels.append(int(label))
+                n = len(labels)
+                first: dict[int, int] = {}
+                for i, label in enumerate(labels, start=1):
+                    first.setdefault(label, i)
+                if sorted(first) != list(range(len(first))):
+                    raise RecordIOError("export_recordio: labels must be contiguous 0..K-1")
+                starts = [first[k] for k in range(len(first))] + [n + 1]
+                for k in range(len(first)):  # identity records: [first image, end)
+                    offsets.append(f.tell())
+                    f.write(frame(pack_record([float(starts[k]), float(starts[k + 1])], b"", n + 1 + k)))
+                f.seek(0)
+                f.write(frame(pack_record([float(n + 1), float(n + 1 + len(first))], b"", 0)))
+            Path(tmp_idx).write_text("".join(f"{i}\t{o}\n" for i, o in enumerate(offsets)))
+            idx_path.unlink(missing_ok=True)
+        # leaving the inner block renamed the .rec into place; leaving the outer one renames the .idx
     return {"images": n, "identities": len(first)}
 
 
 def read_index(prefix) -> dict[int, int]:
+    idx_path = rec_idx(prefix)[1]
     idx = {}
-    for n, line in enumerate(Path(prefix).with_suffix(".idx").read_text().splitlines(), 1):
+    for n, line in enumerate(idx_path.read_text().splitlines(), 1):
         if line.strip():
             parts = line.split("\t")
             if len(parts) != 2:
-                raise RecordIOError(f"{Path(prefix).with_suffix('.idx')}:{n}: expected '<index>\\t<offset>'")
+                raise RecordIOError(f"{idx_path}:{n}: expected '<index>\\t<offset>'")
             idx[int(parts[0])] = int(parts[1])
     return idx
 
 
+class RecordIOReader:
+    """One .rec/.idx pair, the file kept open: image_indices() in file order, record(i) -> (label, bytes),
+    read(i) -> bytes, records() -> (i, label, bytes). insightface's header and identity records are not
+    images; without a header (flag 0 in record 0) every record is an image."""
+
+    def __init__(self, prefix):
+        self.path, idx_path = rec_idx(prefix)
+        self.index = read_index(prefix)
+        if not self.index:
+            raise RecordIOError(f"{idx_path} is empty")
+        self.f = open(self.path, "rb")
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def image_indices(self) -> list[int]:
+        flag, label, _, _ = unpack_record(read_frame(self.f, self.index[min(self.index)]))
+        return list(range(1, int(label[0]))) if flag > 0 else sorted(self.index)
+
+    def record(self, i: int) -> tuple[int, bytes]:
+        if i not in self.index:
+            raise FileNotFoundError(f"{self.path} has no record {i}")
+        flag, label, _, data = unpack_record(read_frame(self.f, self.index[i]))
+        return int(label[0] if flag > 0 else label), data
+
+    def read(self, i: int) -> bytes:
+        return self.record(i)[1]
+
+    def records(self) -> Iterator[tuple[int, int, bytes]]:
+        """(record index, label, image bytes) of every image record, in index order."""
+        for i in self.image_indices():
+            yield (i, *self.record(i))
+
+
 def read_recordio(prefix) -> Iterator[tuple[int, bytes]]:
-    """(label, image bytes) of every image record, in index order; the header and identity records of
-    insightface's layout are skipped. Without a header (flag 0 in record 0) every record is an image."""
-    prefix = Path(prefix)
-    index = read_index(prefix)
-    with open(prefix.with_suffix(".rec"), "rb") as f:
-        flag, label, _, _ = unpack_record(read_frame(f, index[min(index)]))
-        ids = range(1, int(label[0])) if flag > 0 else sorted(index)
-        for i in ids:
-            if i not in index:
-                raise RecordIOError(f"{prefix}.idx has no record {i}")
-            flag, label, _, data = unpack_record(read_frame(f, index[i]))
-            yield int(label[0] if flag > 0 else label), data
+    """(label, image bytes) of every image record, in index order."""
+    with RecordIOReader(prefix) as r:
+        for _, label, data in r.records():
+            yield label, data
 
 
 def recordio_record(prefix, i: int) -> tuple[int, bytes]:
     """Random access: (label, image bytes) of record i."""
-    prefix = Path(prefix)
-    with open(prefix.with_suffix(".rec"), "rb") as f:
-        flag, label, _, data = unpack_record(read_frame(f, read_index(prefix)[i]))
-    return int(label[0] if flag > 0 else label), data
+    with RecordIOReader(prefix) as r:
+        return r.record(i)
 
 
 def image_ext(data: bytes) -> str:
@@ -175,8 +220,8 @@ def export_imagefolder(samples: Iterable[tuple[int, str, bytes]], root) -> dict:
     return {"images": n, "identities": len(classes)}
 
 
-def read_imagefolder(root) -> Iterator[tuple[int, str, str, bytes]]:
-    """(label, class name, path relative to root, bytes) for every image file, classes in sorted order."""
+def read_imagefolder(root) -> Iterator[tuple[int, str, Path]]:
+    """(label, class name, image path) for every image file, classes in sorted order (nothing is read)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: ImageFolder root not found")
@@ -184,21 +229,7 @@ def read_imagefolder(root) -> Iterator[tuple[int, str, str, bytes]]:
     for label, c in enumerate(classes):
         for f in sorted((root / c).iterdir()):
             if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-                yield label, c, f"{c}/{f.name}", f.read_bytes()
-
-
-class RecordIOReader:
-    """Random access to image records of one .rec/.idx pair, the file kept open: read(i) -> image bytes."""
-
-    def __init__(self, rec_path):
-        self.prefix = Path(rec_path).with_suffix("")
-        self.index = read_index(self.prefix)
-        self.f = open(self.prefix.with_suffix(".rec"), "rb")
-
-    def read(self, i: int) -> bytes:
-        if i not in self.index:
-            raise FileNotFoundError(f"{self.prefix}.rec has no record {i}")
-        return unpack_record(read_frame(self.f, self.index[i]))[3]
+                yield label, c, f
 
 
 def _safe_key(text: str) -> str:
@@ -214,26 +245,19 @@ def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list]]:
     path = (root / rel) if not Path(rel).is_absolute() else Path(rel)
     people: dict[str, list] = {}
     if kind == "recordio":
-        rec = path.with_suffix(".rec")
-        if not rec.is_file() or not path.with_suffix(".idx").is_file():
-            raise FileNotFoundError(f"align.train_source: {path}.rec / .idx not found")
-        for i, (label, _) in zip(_image_indices(path), read_recordio(path)):
-            people.setdefault(f"id{label:07d}", []).append((f"rec{i:09d}", i))
+        rec, idx = rec_idx(path)
+        if not rec.is_file() or not idx.is_file():
+            raise FileNotFoundError(f"align.train_source: {rec} / {idx.name} not found")
+        with RecordIOReader(path) as r:
+            for i, label, _ in r.records():
+                people.setdefault(f"id{label:07d}", []).append((f"rec{i:09d}", i))
         source = rec
     elif kind == "imagefolder":
         source = path
-        for _, name, relpath, _ in read_imagefolder(path):
-            people.setdefault(name, []).append((_safe_key(f"{name}_{Path(relpath).stem}"), path / relpath))
+        for _, name, f in read_imagefolder(path):
+            people.setdefault(name, []).append((_safe_key(f"{name}_{f.stem}"), f))
     else:
         raise ValueError(f"align.train_source: unknown kind {kind!r}")
     keep = [n for n in sorted(people) if len(people[n]) >= p["min_images_per_person"]][:p["max_train_people"]]
     return source, [[key, member, {"split": "train", "identity": n, "fold": 0}]
                     for n in keep for key, member in people[n][:p["max_images_per_person"]]]
-
-
-def _image_indices(prefix) -> list[int]:
-    """Record indices of the image records, in the order read_recordio yields them."""
-    index = read_index(prefix)
-    with open(Path(prefix).with_suffix(".rec"), "rb") as f:
-        flag, label, _, _ = unpack_record(read_frame(f, index[min(index)]))
-    return list(range(1, int(label[0]))) if flag > 0 else sorted(index)

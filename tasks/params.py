@@ -36,7 +36,9 @@ class Spec:
                 raise ParamsError(f"{key}: expected a mapping, got {v!r}")
             return {str(k): self.item.check(f"{key}.{k}", x) for k, x in v.items()}
         if not isinstance(v, self.kind) or (self.kind is int and isinstance(v, bool)):
-            raise ParamsError(f"{key}: expected {self.kind.__name__}, got {type(v).__name__} {v!r}")
+            hint = (" (YAML reads unquoted on/off/yes/no as booleans: quote the word)"
+                    if self.kind is str and isinstance(v, bool) else "")
+            raise ParamsError(f"{key}: expected {self.kind.__name__}, got {type(v).__name__} {v!r}{hint}")
         if self.choices is not None and v not in self.choices:
             raise ParamsError(f"{key}: {v!r} is not one of {list(self.choices)}")
         if self.lo is not None and v < self.lo:
@@ -107,7 +109,7 @@ SCHEMA = {
     "package": {"shard_size": I(1), "image_format": S(["png", "jpg"]),
                 # the filters (flows/package.py); an unset threshold is calibrated on the real training faces
                 "privacy_threshold": {"encoder": F(-1.0, 1.0, optional=True), "judge": F(-1.0, 1.0, optional=True)},
-                "uniqueness": S(["drop", "merge", "off"]), "unique_radius": F(-1.0, 1.0, optional=True),
+                "uniqueness": S(["drop", "merge", "keep"]), "unique_radius": F(-1.0, 1.0, optional=True),
                 "min_consistency": F(-1.0, 1.0), "face_filter": Spec(bool), "min_images_per_identity": I(1),
                 "judge_images_per_identity": I(0), "grid_identities": I(1), "grid_images": I(1)},
     "train_fr": FR_TRAIN,

@@ -73,9 +73,23 @@ def test_bad_recordio_files_fail_clearly(tmp_path, faces):
 def test_imagefolder_round_trip(tmp_path, faces):
     assert export_imagefolder(faces, tmp_path / "tree") == {"images": len(faces), "identities": 3}
     got = list(read_imagefolder(tmp_path / "tree"))
-    assert [(label, data) for label, _, _, data in got] == [(label, data) for label, _, data in faces]
-    assert [rel for _, _, rel, _ in got][0] == f"000000/{faces[0][1]}.jpg"
-    assert np.unique([c for _, c, _, _ in got]).tolist() == ["000000", "000001", "000002"]
+    assert [(label, path.read_bytes()) for label, _, path in got] == [(label, data) for label, _, data in faces]
+    assert got[0][2] == tmp_path / "tree" / "000000" / f"{faces[0][1]}.jpg"
+    assert np.unique([c for _, c, _ in got]).tolist() == ["000000", "000001", "000002"]
+
+
+def test_recordio_pair_with_a_dotted_prefix_replaces_an_older_pair(tmp_path, faces):
+    """'faces.v2' names faces.v2.rec/.idx (the suffix is appended, not swapped), and exporting over an
+    older pair leaves the new .rec with the new .idx."""
+    from tasks.interchange import RecordIOReader, rec_idx
+    assert rec_idx(tmp_path / "faces.v2") == (tmp_path / "faces.v2.rec", tmp_path / "faces.v2.idx")
+    assert rec_idx(tmp_path / "faces.v2.rec") == rec_idx(tmp_path / "faces.v2")
+    export_recordio([(0, b"old")], tmp_path / "faces.v2")
+    export_recordio([(label, data) for label, _, data in faces], tmp_path / "faces.v2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces.v2.idx", "faces.v2.rec"]
+    with RecordIOReader(tmp_path / "faces.v2.rec") as r:
+        assert [(label, data) for _, label, data in r.records()] == [(label, data) for label, _, data in faces]
+        assert r.image_indices() == list(range(1, len(faces) + 1))
 
 
 def test_imagefolder_import_takes_prealigned_faces_as_they_are(tmp_path, faces):
@@ -102,3 +116,38 @@ def test_imagefolder_import_takes_prealigned_faces_as_they_are(tmp_path, faces):
     assert [r["reason"] for r in rejected] == ["not a decodable image"]
     assert sorted(a["jpg"] for a in accepted) == sorted(d for label, _, d in crops if label == 1)
     assert all(a["pose_source"] in ("pnp", "none") for a in accepted) and any(a["pose_source"] == "pnp" for a in accepted)
+
+
+def test_prealigned_odd_inputs_are_squared_and_reencoded(lfw_files):
+    """A 112x96 crop is padded to square (never stretched); an EXIF-rotated or grayscale 112x112 JPEG is
+    re-encoded upright in RGB instead of keeping bytes that readers decode differently."""
+    import io
+
+    from PIL import Image
+
+    from tasks.align import decode, exif_rotated, prealigned_items
+    with zipfile.ZipFile(lfw_files / "lfw-deepfunneled.zip") as z:
+        photo = Image.open(io.BytesIO(z.read(sorted(n for n in z.namelist() if n.endswith(".jpg"))[0]))).convert("RGB")
+
+    def jpeg(im, **kw):
+        buf = io.BytesIO(); im.save(buf, format="JPEG", quality=95, **kw); return buf.getvalue()
+    narrow = jpeg(photo.crop((77, 69, 173, 181)))  # 96 wide, 112 high
+    exif = Image.Exif(); exif[0x0112] = 6  # "rotate 90 clockwise to view"
+    rotated = jpeg(photo.crop((69, 69, 181, 181)), exif=exif.tobytes())
+    plain = jpeg(photo.crop((69, 69, 181, 181)))
+    gray = jpeg(photo.crop((69, 69, 181, 181)).convert("L"))
+    assert exif_rotated(rotated) and not exif_rotated(plain)
+    p = {"output_size": 112, "jpeg_quality": 95, "batch_size": 8}
+    items = [(k, k, raw, {}) for k, raw in [("narrow", narrow), ("rotated", rotated), ("plain", plain), ("gray", gray)]]
+    accepted, rejected = prealigned_items(items, None, p)
+    assert rejected == [] and [a["key"] for a in accepted] == ["narrow", "rotated", "plain", "gray"]
+    out = {a["key"]: a for a in accepted}
+    assert out["plain"]["jpg"] == plain  # an upright RGB 112x112 JPEG keeps its bytes
+    for k in ("narrow", "rotated", "gray"):
+        assert out[k]["jpg"] != {i[0]: i[2] for i in items}[k]
+        im = Image.open(io.BytesIO(out[k]["jpg"]))
+        assert im.size == (112, 112) and im.mode == "RGB" and not exif_rotated(out[k]["jpg"])
+    sq = np.asarray(Image.open(io.BytesIO(out["narrow"]["jpg"])), dtype=float)
+    assert sq[:, :6].mean() < 8 and sq[:, -6:].mean() < 8 and sq[:, 20:92].mean() > 40  # black bars, face kept
+    upright = decode(rotated)[0]  # what the EXIF asked for: now in the pixels
+    assert np.abs(np.asarray(Image.open(io.BytesIO(out["rotated"]["jpg"])), dtype=float) - upright).mean() < 6

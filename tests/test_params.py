@@ -24,6 +24,7 @@ def test_shipped_params_files_validate():
     (("generator", "method"), "gan", "generator.method: 'gan' is not one of"),
     (("align", "eval_folds"), [8], "align.eval_folds: must not share a fold"),
     (("encoder", "arch", "layers"), [1, "x"], "encoder.arch.layers[1]: expected int"),
+    (("package", "uniqueness"), False, "package.uniqueness: expected str, got bool False .YAML reads unquoted on/off"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     r = copy.deepcopy(raw())
