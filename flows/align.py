@@ -17,8 +17,9 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 
 from tasks import lfw
-from tasks.align import align_items, make_detector, prealigned_items
+from tasks.align import align_items, make_detector, prealigned_items, reject_duplicates
 from tasks.attributes import HOPENET_FILE, make_age_estimator, make_pose_estimator
+from tasks.archives import ArchiveImages, is_archive
 from tasks.interchange import RecordIOReader, rec_idx, source_members
 from tasks.io import write_json, write_parquet
 from tasks.shards import write_shards
@@ -31,11 +32,11 @@ _DETECTORS: dict = {}
 
 
 def _reader(kind: str, source):
-    if kind == "lfw":
-        return lfw.ZipImages(source).read
     if kind == "recordio":
         return RecordIOReader(source).read
-    return lambda member: Path(member).read_bytes()  # imagefolder: members are the files
+    if isinstance(source, Path) and is_archive(source):  # the LFW zip, or an imported zip/tar of class folders
+        return ArchiveImages(source).read
+    return lambda member: Path(member).read_bytes()  # an imagefolder tree: members are the files
 
 
 def _source_name(member) -> str:
@@ -56,14 +57,14 @@ def align_chunk(kind: str, source, members: list[list], p: dict) -> tuple[list[d
         _DETECTORS[key] = (make_detector(p["detector"], ROOT / p["weights_dir"], device()),
                            make_pose_estimator(p["pose"], ROOT / p["weights_dir"], device()), make_age_estimator(p["age_estimator"]))
     det, pose, age = _DETECTORS[key]
-    items = []
+    items, unread = [], []
     for key, member, meta in members:
         try:
-            raw = read(member)
-        except (FileNotFoundError, OSError) as e:
-            raw, meta = b"", {**meta, "read_error": str(e)}
-        items.append((key, _source_name(member), raw, meta))
-    return (prealigned_items if p["pre_aligned"] and kind != "lfw" else align_items)(items, det, p, pose, age)
+            items.append((key, _source_name(member), read(member), meta))
+        except OSError as e:  # missing, unreadable or oversized: rejected with the reason, not lost
+            unread.append({"key": key, "source": _source_name(member), "reason": f"unreadable file: {e}", **meta})
+    accepted, rejected = (prealigned_items if p["pre_aligned"] and kind != "lfw" else align_items)(items, det, p, pose, age)
+    return accepted, unread + rejected
 
 
 def write_attribute_pool(out: Path, manifest: pd.DataFrame, p: dict) -> None:
@@ -122,7 +123,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     if imported:
         kind, src, train_members = imported
         # an ImageFolder tree travels as its project-relative name (its files are hashed one by one)
-        sources.insert(0, (kind, _source_name(src) if kind == "imagefolder" else src, train_members))
+        sources.insert(0, (kind, _source_name(src) if src.is_dir() else src, train_members))
     members = [m for _, _, ms in sources for m in ms]
     if len({m[0] for m in members}) != len(members):
         raise ValueError("align: two inputs map to the same sample key")
@@ -135,6 +136,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
         accepted += a
         rejected += r
         log.warning(f"align: chunk {i + 1}/{len(chunks)} done, {len(accepted)} accepted, {len(rejected)} rejected")
+    accepted = reject_duplicates(accepted, rejected)
     # labels: contiguous ints over training identities that kept at least one image
     train_ids = sorted({a["identity"] for a in accepted if a["split"] == "train"})
     label = {n: i for i, n in enumerate(train_ids)}

@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import CachePolicy
+from prefect.locking.filesystem import FileSystemLockManager
 
 from models.id3 import ID3Pipeline
 from tasks.encoder import load_encoder
 from tasks.io import write_npy, write_parquet
 from tasks.sample import plan_identities, render_block
-from tasks.shards import write_tar
+from tasks.shards import write_tar_once
 
-from . import ROOT
+from . import PREFECT_HOME, ROOT
 from .caching import content_key
 from .common import RunRecord, device, params, stage_dir
 
@@ -35,7 +37,13 @@ def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool):
     return _MODELS[key]
 
 
-@task(cache_key_fn=content_key, persist_result=True, retries=1)
+# SERIALIZABLE: two runs that reach the same block at once take turns on its cache key (a file lock under
+# the Prefect home), so the second reads the first's result instead of rendering it again
+BLOCK_CACHE = CachePolicy.from_cache_key_fn(content_key).configure(
+    isolation_level="SERIALIZABLE", lock_manager=FileSystemLockManager(lock_files_directory=PREFECT_HOME / "locks"))
+
+
+@task(cache_policy=BLOCK_CACHE, persist_result=True, retries=1)
 def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embeddings_file: Path, plan_file: Path,
                  identities: list[int], p: dict) -> list[dict]:
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
@@ -63,10 +71,11 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
     t0, done, total = time.time(), 0, len(plan["rows"])
     for b, block in enumerate(blocks):
         samples = sample_block(gen / "pipeline", enc, out / "anchors.npy", out / "embeddings.npy", out / "plan.parquet", block, p)
-        write_tar(out / f"block-{b:06d}.tar", ({"__key__": s["key"], "png": s["png"], "cls": s["identity"],
-                                                 "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
-                                                for s in samples))
+        wrote = write_tar_once(out / f"block-{b:06d}.tar", [{"__key__": s["key"], "png": s["png"], "cls": s["identity"],
+                                                             "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
+                                                            for s in samples], PREFECT_HOME / "locks")
         done += len(samples)
         rate = done / (time.time() - t0)
-        log.warning(f"sample: block {b + 1}/{len(blocks)}, {done}/{total} images, {rate:.2f} img/s, ETA {(total - done) / max(rate, 1e-9):.0f}s")
+        log.warning(f"sample: block {b + 1}/{len(blocks)} {'written' if wrote else 'already on disk'}, {done}/{total} images, "
+                    f"{rate:.2f} img/s, ETA {(total - done) / max(rate, 1e-9):.0f}s")
     return rec.finish(images=len(plan["rows"]), blocks=len(blocks), anchor_stats=plan["anchor_stats"])

@@ -255,3 +255,20 @@ def prealigned_items(items: list[tuple[str, str, bytes, dict]], detector, p: dic
                     a["landmarks"] = [float(v) for v in f[2].ravel()]
     add_attributes(accepted, pose, age)
     return accepted, rejected
+
+
+def reject_duplicates(accepted: list[dict], rejected: list[dict]) -> list[dict]:
+    """The same photo twice in the training inputs (equal aligned bytes; alignment is deterministic, so
+    equal input bytes give equal crops): the first in key order stays, every other copy moves to
+    `rejected` as 'duplicate' with `duplicate_of`. Eval faces stay: the pairs list names them."""
+    first: dict[str, str] = {}
+    kept = []
+    for a in sorted(accepted, key=lambda a: a["key"]):
+        if a["split"] == "train" and a["sha256"] in first:
+            rejected.append({"key": a["key"], "source": a["source"], "reason": "duplicate", "duplicate_of": first[a["sha256"]],
+                             **{k: a[k] for k in ("split", "identity", "fold") if k in a}})
+            continue
+        if a["split"] == "train":
+            first[a["sha256"]] = a["key"]
+        kept.append(a)
+    return kept
