@@ -8,7 +8,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 _home = Path(os.environ.get("SYNTHFACE_PREFECT_HOME", ROOT / ".prefect"))
-PREFECT_HOME = Path(os.environ.get("PREFECT_HOME", _home))
 os.environ.setdefault("PREFECT_HOME", str(_home))
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(_home / "storage"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -21,7 +21,7 @@ from tasks.align import align_items, make_detector, prealigned_items, reject_dup
 from tasks.attributes import HOPENET_FILE, make_age_estimator, make_pose_estimator
 from tasks.archives import ArchiveImages, is_archive
 from tasks.interchange import RecordIOReader, rec_idx, source_members
-from tasks.io import write_json, write_parquet
+from tasks.io import sha256_bytes, write_json, write_parquet
 from tasks.shards import write_shards
 
 from . import ROOT
@@ -31,11 +31,17 @@ from .common import RunRecord, device, params, stage_dir
 _DETECTORS: dict = {}
 
 
+_READERS: dict = {}
+
+
 def _reader(kind: str, source):
-    if kind == "recordio":
-        return RecordIOReader(source).read
-    if isinstance(source, Path) and is_archive(source):  # the LFW zip, or an imported zip/tar of class folders
-        return ArchiveImages(source).read
+    """member -> bytes; an archive or RecordIO file is opened once per process, not once per chunk."""
+    if kind == "recordio" or (isinstance(source, Path) and is_archive(source)):
+        st = Path(source).stat()  # a replaced file is a new reader (a served deployment lives long)
+        key = (kind, str(source), st.st_ino, st.st_mtime_ns, st.st_size)
+        if key not in _READERS:  # the LFW zip, an imported zip/tar of class folders, or a .rec
+            _READERS[key] = (RecordIOReader if kind == "recordio" else ArchiveImages)(source).read
+        return _READERS[key]
     return lambda member: Path(member).read_bytes()  # an imagefolder tree: members are the files
 
 
@@ -49,8 +55,10 @@ def _source_name(member) -> str:
 
 @task(cache_key_fn=content_key, persist_result=True, retries=1)
 def align_chunk(kind: str, source, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
-    """members: [key, member, meta]; source: the LFW zip or .rec (a Path: the cache key hashes its bytes),
-    or for an ImageFolder tree its path as text while each member is the image's Path (hashed one by one)."""
+    """members: [key, member, meta]; source: the LFW zip, an imported archive or .rec (a Path: the cache key
+    hashes its bytes), or for an ImageFolder tree its project-relative name while each member is the image's
+    Path (hashed one by one). Every member ends accepted or rejected; `input_sha256` (the file's bytes)
+    lets the flow find the same photo twice."""
     read = _reader(kind, source)
     key = (p["detector"], p["weights_dir"], p["pose"], p["age_estimator"])
     if key not in _DETECTORS:  # one detector (and attribute estimators) per process, not one per chunk
@@ -60,7 +68,8 @@ def align_chunk(kind: str, source, members: list[list], p: dict) -> tuple[list[d
     items, unread = [], []
     for key, member, meta in members:
         try:
-            items.append((key, _source_name(member), read(member), meta))
+            raw = read(member)
+            items.append((key, _source_name(member), raw, {**meta, "input_sha256": sha256_bytes(raw)}))
         except OSError as e:  # missing, unreadable or oversized: rejected with the reason, not lost
             unread.append({"key": key, "source": _source_name(member), "reason": f"unreadable file: {e}", **meta})
     accepted, rejected = (prealigned_items if p["pre_aligned"] and kind != "lfw" else align_items)(items, det, p, pose, age)

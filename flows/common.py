@@ -38,11 +38,27 @@ class RunRecord:
         self.timing = {"host": platform.node(), "threads": torch.get_num_threads(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def finish(self, **results) -> dict:
-        self.info.update(results)
+        self.info.update(_without_speed(results, self.timing))
         self.timing["seconds"] = round(time.time() - self.t0, 2)
         write_json(self.out_dir / "run.json", self.info)
         write_json(self.out_dir / "timing.json", self.timing)
         return {**self.info, **self.timing}
+
+
+SPEED_KEYS = ("images_per_s", "seconds")  # wall-clock figures: they vary run to run
+
+
+def _without_speed(results: dict, timing: dict, path: str = "") -> dict:
+    """results minus wall-clock figures at any depth; those go to `timing` under their dotted path."""
+    out = {}
+    for k, v in results.items():
+        if k in SPEED_KEYS:
+            timing[f"{path}{k}"] = v
+        elif isinstance(v, dict):
+            out[k] = _without_speed(v, timing, f"{path}{k}.")
+        else:
+            out[k] = v
+    return out
 
 
 def stage_dir(name: str) -> Path:

@@ -14,16 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import CachePolicy
-from prefect.locking.filesystem import FileSystemLockManager
 
 from models.id3 import ID3Pipeline
 from tasks.encoder import load_encoder
 from tasks.io import write_npy, write_parquet
 from tasks.sample import plan_identities, render_block
-from tasks.shards import write_tar_once
+from tasks.shards import file_lock, write_tar_if_changed
 
-from . import PREFECT_HOME, ROOT
+from . import ROOT
 from .caching import content_key
 from .common import RunRecord, device, params, stage_dir
 
@@ -37,16 +35,11 @@ def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool):
     return _MODELS[key]
 
 
-# SERIALIZABLE: two runs that reach the same block at once take turns on its cache key (a file lock under
-# the Prefect home), so the second reads the first's result instead of rendering it again
-BLOCK_CACHE = CachePolicy.from_cache_key_fn(content_key).configure(
-    isolation_level="SERIALIZABLE", lock_manager=FileSystemLockManager(lock_files_directory=PREFECT_HOME / "locks"))
-
-
-@task(cache_policy=BLOCK_CACHE, persist_result=True, retries=1)
+@task(cache_key_fn=content_key, persist_result=True, retries=1)
 def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embeddings_file: Path, plan_file: Path,
                  identities: list[int], p: dict) -> list[dict]:
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
+    get_run_logger().warning(f"sample: rendering identities {identities[0]}-{identities[-1]}")
     pipe, enc = _models(pipeline_dir, encoder_dir, p["id_weight"] > 0)
     plan = {"anchors": np.load(anchors_file), "embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
     return render_block(pipe, enc, plan, identities, p, device())
@@ -70,10 +63,14 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
     write_parquet(out / "plan.parquet", pd.DataFrame([{**r, "block": f"block-{block_of[r['identity']]:06d}.tar"} for r in plan["rows"]]))
     t0, done, total = time.time(), 0, len(plan["rows"])
     for b, block in enumerate(blocks):
-        samples = sample_block(gen / "pipeline", enc, out / "anchors.npy", out / "embeddings.npy", out / "plan.parquet", block, p)
-        wrote = write_tar_once(out / f"block-{b:06d}.tar", [{"__key__": s["key"], "png": s["png"], "cls": s["identity"],
-                                                             "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
-                                                            for s in samples], PREFECT_HOME / "locks")
+        tar = out / f"block-{b:06d}.tar"
+        # runs that overlap in this folder take turns per block: the first renders and writes it, the next
+        # finds its result cached and the same bytes on disk (a kill releases the lock with the process)
+        with file_lock(tar):
+            samples = sample_block(gen / "pipeline", enc, out / "anchors.npy", out / "embeddings.npy", out / "plan.parquet", block, p)
+            wrote = write_tar_if_changed(tar, [{"__key__": s["key"], "png": s["png"], "cls": s["identity"],
+                                                "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
+                                               for s in samples])
         done += len(samples)
         rate = done / (time.time() - t0)
         log.warning(f"sample: block {b + 1}/{len(blocks)} {'written' if wrote else 'already on disk'}, {done}/{total} images, "

@@ -258,17 +258,18 @@ def prealigned_items(items: list[tuple[str, str, bytes, dict]], detector, p: dic
 
 
 def reject_duplicates(accepted: list[dict], rejected: list[dict]) -> list[dict]:
-    """The same photo twice in the training inputs (equal aligned bytes; alignment is deterministic, so
-    equal input bytes give equal crops): the first in key order stays, every other copy moves to
-    `rejected` as 'duplicate' with `duplicate_of`. Eval faces stay: the pairs list names them."""
-    first: dict[str, str] = {}
+    """The same photo twice (equal input bytes, `input_sha256`): among training faces the first in key order
+    stays and every other copy moves to `rejected` as 'duplicate' with `duplicate_of`; a training photo that
+    is also an evaluation photo is rejected too (it would leak into the benchmark). Eval faces all stay:
+    the pairs list names them."""
+    digest = lambda a: a.get("input_sha256") or a["sha256"]  # noqa: E731
+    first = {digest(a): a["key"] for a in sorted(accepted, key=lambda a: a["key"]) if a["split"] == "eval"}
     kept = []
-    for a in sorted(accepted, key=lambda a: a["key"]):
-        if a["split"] == "train" and a["sha256"] in first:
-            rejected.append({"key": a["key"], "source": a["source"], "reason": "duplicate", "duplicate_of": first[a["sha256"]],
-                             **{k: a[k] for k in ("split", "identity", "fold") if k in a}})
+    for a in sorted(accepted, key=lambda a: (a["split"] != "eval", a["key"])):
+        if a["split"] == "train" and digest(a) in first:
+            rejected.append({"key": a["key"], "source": a["source"], "reason": "duplicate", "duplicate_of": first[digest(a)],
+                             **{k: a[k] for k in ("split", "identity", "fold", "input_sha256") if k in a}})
             continue
-        if a["split"] == "train":
-            first[a["sha256"]] = a["key"]
+        first.setdefault(digest(a), a["key"])
         kept.append(a)
     return kept

@@ -14,6 +14,7 @@ from __future__ import annotations
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 MAX_MEMBER_BYTES = 256 << 20
@@ -24,7 +25,12 @@ class UnsafeArchive(ValueError):
     pass
 
 
-class MemberTooLarge(OSError):
+class UnreadableMember(OSError):
+    """A member that cannot be read (bad CRC, encrypted, unsupported compression, truncated stream): its
+    image is rejected with this reason, the rest of the archive is still read."""
+
+
+class MemberTooLarge(UnreadableMember):
     pass
 
 
@@ -36,7 +42,7 @@ def is_archive(path) -> bool:
 def check_member_name(archive, name: str) -> None:
     """Refuse absolute names, drive letters, backslash paths and any '..' component."""
     p = PurePosixPath(name)
-    if (not name or p.is_absolute() or name.startswith("\\") or "\\" in name or ":" in p.parts[0]
+    if (not name or p.is_absolute() or "\\" in name or (p.parts and ":" in p.parts[0])
             or ".." in p.parts or "\0" in name):
         raise UnsafeArchive(f"{archive}: member {name!r} would land outside the archive's folder; archive refused")
 
@@ -46,8 +52,18 @@ class ArchiveImages:
 
     def __init__(self, path):
         self.path = Path(path)
-        if zipfile.is_zipfile(self.path):
-            self._zip, self._tar = zipfile.ZipFile(self.path), None
+        self._zip = self._tar = None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        if self.path.name.lower().endswith(".zip"):  # by name: a tar whose last member is a zip is still a tar
+            if not zipfile.is_zipfile(self.path):
+                raise UnsafeArchive(f"{self.path}: not a zip archive")
+            self._zip = zipfile.ZipFile(self.path)
             infos = {i.filename: i for i in self._zip.infolist()}
             if len(infos) != len(self._zip.infolist()):
                 raise UnsafeArchive(f"{self.path}: a member name repeats; archive refused")
@@ -59,8 +75,8 @@ class ArchiveImages:
                     raise UnsafeArchive(f"{self.path}: member {name!r} is a link or special file; archive refused")
                 if not info.is_dir():
                     files[name] = info
-        elif tarfile.is_tarfile(self.path):
-            self._zip, self._tar = None, tarfile.open(self.path, "r:*")
+        elif self.path.name.lower().endswith(ARCHIVE_SUFFIXES) and tarfile.is_tarfile(self.path):
+            self._tar = tarfile.open(self.path, "r:*")
             members = self._tar.getmembers()
             files = {}
             for info in members:
@@ -74,7 +90,7 @@ class ArchiveImages:
                         raise UnsafeArchive(f"{self.path}: member {info.name!r} repeats; archive refused")
                     files[info.name] = info
         else:
-            raise UnsafeArchive(f"{self.path}: not a zip or tar archive")
+            raise UnsafeArchive(f"{self.path}: not a zip or tar archive ({', '.join(ARCHIVE_SUFFIXES)})")
         self._files = files
         self.names = sorted(files)
 
@@ -85,13 +101,18 @@ class ArchiveImages:
         size = info.file_size if self._zip else info.size
         if size > MAX_MEMBER_BYTES:
             raise MemberTooLarge(f"{self.path}: member {name!r} inflates to {size} bytes (limit {MAX_MEMBER_BYTES})")
-        if self._zip:
-            return self._zip.read(info)
-        with self._tar.extractfile(info) as f:
-            return f.read(MAX_MEMBER_BYTES + 1)
+        try:
+            if self._zip:
+                return self._zip.read(info)
+            with self._tar.extractfile(info) as f:
+                return f.read(MAX_MEMBER_BYTES + 1)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, tarfile.TarError) as e:
+            raise UnreadableMember(f"{self.path}: member {name!r} cannot be read ({type(e).__name__}: {e})") from e
 
     def close(self) -> None:
-        (self._zip or self._tar).close()
+        for a in (self._zip, self._tar):
+            if a is not None:
+                a.close()
 
     def __enter__(self):
         return self

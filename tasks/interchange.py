@@ -234,9 +234,16 @@ def read_imagefolder(root) -> Iterator[tuple[int, str, Path]]:
                 yield label, c, f
 
 
-def _safe_key(text: str) -> str:
-    """WebDataset keys hold no dots or slashes."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+def _safe_key(text: str, max_bytes: int = 64) -> str:
+    """WebDataset keys hold no dots or slashes; a long one is cut and given a hash of the whole, so
+    '<key>.<ext>' stays within a USTAR tar name (100 bytes) whatever the scraped name was."""
+    key = "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+    if len(key.encode()) <= max_bytes:
+        return key
+    head = key
+    while len(head.encode()) > max_bytes - 13:
+        head = head[:-1]
+    return f"{head}_{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list]]:
@@ -260,6 +267,8 @@ def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list]]:
         with ArchiveImages(path) as a:
             for name in a.names:
                 parts = PurePosixPath(name).parts
+                if any(x.startswith(".") or x == "__MACOSX" for x in parts):  # macOS resource forks, hidden files
+                    continue
                 if len(parts) >= 2 and PurePosixPath(name).suffix.lower() in IMAGE_EXTS:
                     people.setdefault(parts[-2], []).append((_safe_key(f"{parts[-2]}_{PurePosixPath(name).stem}"), name))
     elif kind == "imagefolder":

@@ -5,7 +5,7 @@ its content; each shard is written under a temporary name and renamed, so reader
 shard. Keys must not contain dots (WebDataset splits the extension at the first dot).
 
     infos = write_shards(samples, out_dir, "train", maxcount=1000)  # samples: dicts {"__key__", "jpg": bytes, ...}
-    write_tar_once(path, samples, lock_dir)   # concurrent runs of one block: one writes, the others find it done
+    with file_lock(path): write_tar_if_changed(path, samples)   # overlapping runs: one writes, the others find it done
     for keys, images, labels in iter_images(shard_paths, keys=None, batch_size=256): ...   # decoded, streamed
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -84,18 +85,24 @@ def tar_sha256(samples: list[dict]) -> str:
     return sink.h.hexdigest()
 
 
-def write_tar_once(path, samples: list[dict], lock_dir) -> bool:
-    """write_tar unless `path` already holds exactly these bytes; an exclusive lock (lock_dir/<name>.lock)
-    makes concurrent runs of the same block take turns, so one writes it and the others find it done.
-    Returns whether this call wrote the file."""
-    path, lock_dir = Path(path), Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}-{path.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
-        if path.is_file() and sha256_file(path) == tar_sha256(samples):
-            return False
-        write_tar(path, samples)
-        return True
+@contextmanager
+def file_lock(path):
+    """An exclusive lock on `path` (beside it: .<name>.lock) for as long as the block runs. The kernel drops
+    it when the holder exits or is killed, so a crashed run never leaves a lock that blocks the next."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def write_tar_if_changed(path, samples: list[dict]) -> bool:
+    """write_tar unless `path` already holds exactly these bytes; returns whether it wrote. Hold
+    file_lock(path) around it (and whatever produced the samples) when runs may overlap."""
+    if Path(path).is_file() and sha256_file(path) == tar_sha256(samples):
+        return False
+    write_tar(path, samples)
+    return True
 
 
 def write_shards(samples: Iterable[dict], out_dir, prefix: str, maxcount: int) -> list[dict]:

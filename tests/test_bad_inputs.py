@@ -141,3 +141,37 @@ def test_safe_tar_reads_by_name_and_refuses_oversized_members(tmp_path, monkeypa
             a.read("people/a.jpg")
         with pytest.raises(FileNotFoundError):
             a.read("people/b.jpg")
+
+
+def test_awkward_but_honest_archives_are_read(tmp_path, lfw_files):
+    """A tar made with `tar -C dir -cf x.tar .` ('./' members), macOS resource forks, a scraped name far
+    longer than a tar name allows, and a zip member with a bad CRC (rejected alone, the rest still read)."""
+    from tasks.archives import UnreadableMember
+    from tasks.interchange import source_members
+    tree = tmp_path / "tree"
+    long_name = "Émile " * 30 + ".jpg"
+    for rel in ("a/1.jpg", "a/2.jpg", f"b/{long_name}", "b/3.jpg"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(b"jpeg bytes of " + rel.encode())
+    with tarfile.open(tmp_path / "dot.tar", "w") as t:
+        t.add(tree, arcname=".")
+        info = tarfile.TarInfo("./__MACOSX/a/._1.jpg")
+        info.size = 4
+        t.addfile(info, io.BytesIO(b"rsrc"))
+    p = {**P, "min_images_per_person": 1}
+    source, members = source_members("imagefolder:dot.tar", tmp_path, p)
+    assert source == tmp_path / "dot.tar"
+    assert sorted(m[2]["identity"] for m in members) == ["a", "a", "b", "b"]  # the resource fork is no photo of 'a'
+    assert all(len(f"{m[0]}.json".encode()) <= 100 for m in members)  # fits a USTAR tar name
+    with ArchiveImages(tmp_path / "dot.tar") as a:
+        assert all(a.read(m[1]).startswith(b"jpeg bytes of ") for m in members)
+    raw = io.BytesIO()
+    with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("a/good.jpg", b"good bytes")
+        z.writestr("a/bad.jpg", b"bad bytes!")
+    data = raw.getvalue().replace(b"bad bytes!", b"BAD bytes!")  # the stored CRC no longer matches
+    (tmp_path / "crc.zip").write_bytes(data)
+    with ArchiveImages(tmp_path / "crc.zip") as a:
+        assert a.read("a/good.jpg") == b"good bytes"
+        with pytest.raises(UnreadableMember, match="bad.jpg"):
+            a.read("a/bad.jpg")

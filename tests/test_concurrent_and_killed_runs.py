@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, output_files
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -84,21 +84,19 @@ def sampling(tmp_path_factory):
     runs = [subprocess.Popen(SAMPLE, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     logs = [r.communicate(timeout=900)[0] for r in runs]
     assert [r.returncode for r in runs] == [0, 0], "\n".join(logs)
-    return proj, env, "\n".join(logs), _files(proj / "artifacts" / "sample")
+    return proj, env, "\n".join(logs), output_files(proj / "artifacts" / "sample")
 
 
 SAMPLE = [sys.executable, "-m", "flows", "sample"]
 
 
-def _files(folder: Path) -> dict:
-    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.name != "timing.json"}
-
-
 def test_two_sampling_runs_render_and_write_each_block_once(sampling):
     proj, env, logs, ref = sampling
     assert sorted(k for k in ref if k.startswith("block-")) == [f"block-{b:06d}.tar" for b in range(3)]
+    rendered = re.findall(r"sample: rendering identities (\d+)-(\d+)", logs)
     written = re.findall(r"sample: block (\d+)/3 written", logs)
     on_disk = re.findall(r"sample: block (\d+)/3 already on disk", logs)
+    assert sorted(rendered) == [("0", "1"), ("2", "3"), ("4", "5")], logs  # each block rendered by one run only
     assert sorted(written) == ["1", "2", "3"] and sorted(on_disk) == ["1", "2", "3"], logs
 
 
@@ -109,22 +107,26 @@ def test_sigkill_during_sampling_then_rerun_gives_the_same_bytes(sampling):
     out = proj / "artifacts" / "sample"
     shutil.rmtree(out)
     env = {**env, "SYNTHFACE_PREFECT_HOME": str(proj / ".prefect-crash")}  # nothing cached: it really renders
-    run = subprocess.Popen(SAMPLE, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its own process group: the kill takes the run and its Prefect server, as a machine failure would
+    run = subprocess.Popen(SAMPLE, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
     seen = ""
     for line in run.stdout:
         seen += line
         if "block 1/3 written" in line:
             break
-    time.sleep(random.Random().uniform(0.0, 1.5))
-    run.send_signal(signal.SIGKILL)
+    seed = random.randrange(1 << 30)
+    time.sleep(random.Random(seed).uniform(0.0, 1.5))
+    os.killpg(run.pid, signal.SIGKILL)
     run.wait(timeout=60)
     assert "block 1/3 written" in seen, seen
     (out / f".block-000002.tar.{run.pid}.dead0001.tmp").write_bytes(b"half a tar")  # as a kill mid-write leaves it
-    visible = {k: v for k, v in _files(out).items() if not k.startswith(".")}
-    assert visible and all(ref[k] == v for k, v in visible.items())  # complete files only, never a partial one
+    visible = {k: v for k, v in output_files(out).items() if not k.startswith(".")}
+    partial = [k for k, v in visible.items() if ref.get(k) != v]
+    assert visible and not partial, f"killed (seed {seed}): partial outputs visible: {partial}"
     again = subprocess.run(SAMPLE, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert _files(out) == ref
+    assert output_files(out) == ref, f"the rerun after a kill (seed {seed}) differs from the uninterrupted run"
 
 
 def test_stale_temporary_files_of_dead_writers_only_are_removed(tmp_path):

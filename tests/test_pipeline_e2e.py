@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, lfw_dir
+from conftest import ROOT, lfw_dir, output_files
 
 MICRO = {
     "align": {"max_train_people": 12, "min_images_per_person": 6, "max_images_per_person": 6, "max_pairs_per_fold": 10,
@@ -136,10 +136,6 @@ def test_dvc_repro_micro(tmp_path):
     check_dataset_product(proj, env, p)
 
 
-def _files(folder: Path) -> dict:
-    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.name != "timing.json"}
-
-
 def check_kill_and_rerun(proj: Path, env: dict) -> None:
     """Issue 8: align and package killed with SIGKILL at a random point of their work, nothing cached; then
     rerun. Only complete files were ever visible, and the rerun's outputs equal the uninterrupted run's."""
@@ -147,25 +143,25 @@ def check_kill_and_rerun(proj: Path, env: dict) -> None:
     rng = random.Random(seed)
     for stage, folder in (("align", "align"), ("package", "dataset")):
         out = proj / "artifacts" / folder
-        ref = _files(out)
+        ref = output_files(out)
         timing = out / "timing.json"  # the uninterrupted run's working time (a log beside the outputs)
         work = json.loads(timing.read_text())["seconds"] if timing.is_file() else 5.0
         shutil.rmtree(out)  # as dvc repro does before it runs a stage
         fresh = {**{k: v for k, v in env.items() if not k.startswith("PREFECT_")},  # a new Prefect home: nothing cached
                  "SYNTHFACE_PREFECT_HOME": str(proj.parent / f"prefect-kill-{stage}")}
-        proc = subprocess.Popen([sys.executable, "-m", "flows", stage], cwd=proj, env=fresh,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "flows", stage], cwd=proj, env=fresh, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # killed with its Prefect server
         while not out.exists() and proc.poll() is None:  # the flow has started its work
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.9) * work)
         assert proc.poll() is None, f"{stage} finished before the kill (seed {seed})"
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        visible = {k: v for k, v in _files(out).items() if not k.startswith(".")}
+        visible = {k: v for k, v in output_files(out).items() if not k.startswith(".")}
         partial = [k for k, v in visible.items() if ref.get(k) != v]
         assert not partial, f"{stage} killed (seed {seed}) left partial outputs visible: {partial}"
         run([sys.executable, "-m", "flows", stage], proj, fresh)
-        assert _files(out) == ref, f"{stage}: the rerun after a kill (seed {seed}) differs from the uninterrupted run"
+        assert output_files(out) == ref, f"{stage}: the rerun after a kill (seed {seed}) differs from the uninterrupted run"
 
 
 def check_dataset_product(proj: Path, env: dict, p: dict) -> None:
