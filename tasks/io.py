@@ -118,12 +118,19 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def not_output(name: str) -> bool:
+    """Files a stage folder holds beside its outputs: the timing log, lock files and temporary files
+    (the same ones .dvcignore keeps out of DVC's hash)."""
+    return name == "timing.json" or name.endswith(".lock") or (name.startswith(".") and name.endswith(".tmp"))
+
+
 def digest_tree(root) -> str:
-    """A file's sha256; for a folder, sha256 over (relative path, file sha256) of its files in sorted order."""
+    """A file's sha256; for a folder, sha256 over (relative path, file sha256) of its output files in
+    sorted order (not_output files left out, so a run's timing never changes what depends on it)."""
     root = Path(root)
     if root.is_file():
         return sha256_file(root)
     h = hashlib.sha256()
-    for p in sorted(p for p in root.rglob("*") if p.is_file()):
+    for p in sorted(p for p in root.rglob("*") if p.is_file() and not not_output(p.name)):
         h.update(f"{p.relative_to(root)}\0{sha256_file(p)}\n".encode())
     return h.hexdigest()

@@ -31,5 +31,5 @@ def prefect_harness(tmp_path_factory):
 
 def output_files(folder: Path) -> dict:
     """name -> bytes of a stage's outputs, without its timing log and lock files (not outputs)."""
-    return {f.name: f.read_bytes() for f in sorted(Path(folder).iterdir())
-            if f.name != "timing.json" and not f.name.endswith(".lock")}
+    from tasks.io import not_output
+    return {f.name: f.read_bytes() for f in sorted(Path(folder).iterdir()) if not not_output(f.name)}
