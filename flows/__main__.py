@@ -43,6 +43,26 @@ def main(argv=None) -> int:
     ap.add_argument("--format", choices=["recordio", "imagefolder"], help="export: the output format")
     ap.add_argument("--dataset", default="artifacts/dataset", help="export: the packaged dataset folder")
     a = ap.parse_args(argv)
+    try:
+        return dispatch(a)
+    except OSError as e:  # a full disk, a read-only or forbidden folder: one clear line, no traceback
+        print(f"synthface {a.stage}: {os_error_message(e)}", file=sys.stderr)
+        return 2
+
+
+def os_error_message(e: OSError) -> str:
+    import errno
+    where = f" ({e.filename})" if e.filename else ""
+    what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EROFS: "read-only file system"}.get(e.errno)
+    if what is None:
+        return str(e)
+    return (f"{what}{where}. Nothing partial was left: outputs are written under temporary names and renamed "
+            "only when complete, and finished work is cached - fix it and run again.")
+
+
+def dispatch(a) -> int:
     if a.stage == "build-bin":
         return build_bin_cli(a)
     if a.stage in ("release", "export"):

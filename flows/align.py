@@ -17,10 +17,11 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 
 from tasks import lfw
-from tasks.align import align_items, make_detector, prealigned_items
+from tasks.align import align_items, make_detector, prealigned_items, reject_duplicates
 from tasks.attributes import HOPENET_FILE, make_age_estimator, make_pose_estimator
+from tasks.archives import ArchiveImages, is_archive
 from tasks.interchange import RecordIOReader, rec_idx, source_members
-from tasks.io import write_json, write_parquet
+from tasks.io import sha256_bytes, write_json, write_parquet
 from tasks.shards import write_shards
 
 from . import ROOT
@@ -30,12 +31,18 @@ from .common import RunRecord, device, params, stage_dir
 _DETECTORS: dict = {}
 
 
+_READERS: dict = {}
+
+
 def _reader(kind: str, source):
-    if kind == "lfw":
-        return lfw.ZipImages(source).read
-    if kind == "recordio":
-        return RecordIOReader(source).read
-    return lambda member: Path(member).read_bytes()  # imagefolder: members are the files
+    """member -> bytes; an archive or RecordIO file is opened once per process, not once per chunk."""
+    if kind == "recordio" or (isinstance(source, Path) and is_archive(source)):
+        st = Path(source).stat()  # a replaced file is a new reader (a served deployment lives long)
+        key = (kind, str(source), st.st_ino, st.st_mtime_ns, st.st_size)
+        if key not in _READERS:  # the LFW zip, an imported zip/tar of class folders, or a .rec
+            _READERS[key] = (RecordIOReader if kind == "recordio" else ArchiveImages)(source).read
+        return _READERS[key]
+    return lambda member: Path(member).read_bytes()  # an imagefolder tree: members are the files
 
 
 def _source_name(member) -> str:
@@ -48,22 +55,25 @@ def _source_name(member) -> str:
 
 @task(cache_key_fn=content_key, persist_result=True, retries=1)
 def align_chunk(kind: str, source, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
-    """members: [key, member, meta]; source: the LFW zip or .rec (a Path: the cache key hashes its bytes),
-    or for an ImageFolder tree its path as text while each member is the image's Path (hashed one by one)."""
+    """members: [key, member, meta]; source: the LFW zip, an imported archive or .rec (a Path: the cache key
+    hashes its bytes), or for an ImageFolder tree its project-relative name while each member is the image's
+    Path (hashed one by one). Every member ends accepted or rejected; `input_sha256` (the file's bytes)
+    lets the flow find the same photo twice."""
     read = _reader(kind, source)
     key = (p["detector"], p["weights_dir"], p["pose"], p["age_estimator"])
     if key not in _DETECTORS:  # one detector (and attribute estimators) per process, not one per chunk
         _DETECTORS[key] = (make_detector(p["detector"], ROOT / p["weights_dir"], device()),
                            make_pose_estimator(p["pose"], ROOT / p["weights_dir"], device()), make_age_estimator(p["age_estimator"]))
     det, pose, age = _DETECTORS[key]
-    items = []
+    items, unread = [], []
     for key, member, meta in members:
         try:
             raw = read(member)
-        except (FileNotFoundError, OSError) as e:
-            raw, meta = b"", {**meta, "read_error": str(e)}
-        items.append((key, _source_name(member), raw, meta))
-    return (prealigned_items if p["pre_aligned"] and kind != "lfw" else align_items)(items, det, p, pose, age)
+            items.append((key, _source_name(member), raw, {**meta, "input_sha256": sha256_bytes(raw)}))
+        except OSError as e:  # missing, unreadable or oversized: rejected with the reason, not lost
+            unread.append({"key": key, "source": _source_name(member), "reason": f"unreadable file: {e}", **meta})
+    accepted, rejected = (prealigned_items if p["pre_aligned"] and kind != "lfw" else align_items)(items, det, p, pose, age)
+    return accepted, unread + rejected
 
 
 def write_attribute_pool(out: Path, manifest: pd.DataFrame, p: dict) -> None:
@@ -122,7 +132,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     if imported:
         kind, src, train_members = imported
         # an ImageFolder tree travels as its project-relative name (its files are hashed one by one)
-        sources.insert(0, (kind, _source_name(src) if kind == "imagefolder" else src, train_members))
+        sources.insert(0, (kind, _source_name(src) if src.is_dir() else src, train_members))
     members = [m for _, _, ms in sources for m in ms]
     if len({m[0] for m in members}) != len(members):
         raise ValueError("align: two inputs map to the same sample key")
@@ -135,6 +145,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
         accepted += a
         rejected += r
         log.warning(f"align: chunk {i + 1}/{len(chunks)} done, {len(accepted)} accepted, {len(rejected)} rejected")
+    accepted = reject_duplicates(accepted, rejected)
     # labels: contiguous ints over training identities that kept at least one image
     train_ids = sorted({a["identity"] for a in accepted if a["split"] == "train"})
     label = {n: i for i, n in enumerate(train_ids)}

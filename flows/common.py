@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.io import write_json
+from tasks.io import remove_stale_temps, write_json
 from tasks.params import load_params, params_hash
 
 from . import ROOT
@@ -24,26 +24,47 @@ def params(path: str | Path = "params.yaml") -> dict:
 
 
 class RunRecord:
-    """Collects what a stage did and writes it as run.json beside its outputs (feeds the dataset card)."""
+    """Collects what a stage did and writes it as run.json beside its outputs (feeds the dataset card).
+    run.json holds only what the outputs depend on, so an identical rerun gives identical bytes and DVC
+    does not rerun the stages after it; where and how long it ran goes to timing.json (.dvcignore'd)."""
 
     def __init__(self, stage: str, section: dict, out_dir: Path, inputs: dict[str, Path]):
         self.out_dir = Path(out_dir)
         self.t0 = time.time()
         self.info = {
             "stage": stage, "params": section, "params_hash": params_hash(section), "code_version": code_version(),
-            "inputs": {k: digest(Path(v)) for k, v in inputs.items()},
-            "device": device(), "torch": torch.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "inputs": {k: digest(Path(v)) for k, v in inputs.items()}, "device": device(), "torch": torch.__version__,
         }
+        self.timing = {"host": platform.node(), "threads": torch.get_num_threads(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def finish(self, **results) -> dict:
-        self.info.update(results)
-        self.info["seconds"] = round(time.time() - self.t0, 2)
+        self.info.update(_without_speed(results, self.timing))
+        self.timing["seconds"] = round(time.time() - self.t0, 2)
         write_json(self.out_dir / "run.json", self.info)
-        return self.info
+        write_json(self.out_dir / "timing.json", self.timing)
+        return {**self.info, **self.timing}
+
+
+SPEED_KEYS = ("images_per_s", "seconds")  # wall-clock figures: they vary run to run
+
+
+def _without_speed(results: dict, timing: dict, path: str = "") -> dict:
+    """results minus wall-clock figures at any depth; those go to `timing` under their dotted path."""
+    out = {}
+    for k, v in results.items():
+        if k in SPEED_KEYS:
+            timing[f"{path}{k}"] = v
+        elif isinstance(v, dict):
+            out[k] = _without_speed(v, timing, f"{path}{k}.")
+        else:
+            out[k] = v
+    return out
 
 
 def stage_dir(name: str) -> Path:
+    """artifacts/<name>, created; temporary files a killed earlier run left in it are removed, so they never
+    reach the stage's outputs (DVC hashes every file in the folder)."""
     d = ROOT / "artifacts" / name
     d.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(d)
     return d

@@ -19,7 +19,7 @@ from models.id3 import ID3Pipeline
 from tasks.encoder import load_encoder
 from tasks.io import write_npy, write_parquet
 from tasks.sample import plan_identities, render_block
-from tasks.shards import write_tar
+from tasks.shards import file_lock, write_tar_if_changed
 
 from . import ROOT
 from .caching import content_key
@@ -39,6 +39,7 @@ def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool):
 def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embeddings_file: Path, plan_file: Path,
                  identities: list[int], p: dict) -> list[dict]:
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
+    get_run_logger().warning(f"sample: rendering identities {identities[0]}-{identities[-1]}")
     pipe, enc = _models(pipeline_dir, encoder_dir, p["id_weight"] > 0)
     plan = {"anchors": np.load(anchors_file), "embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
     return render_block(pipe, enc, plan, identities, p, device())
@@ -62,11 +63,16 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
     write_parquet(out / "plan.parquet", pd.DataFrame([{**r, "block": f"block-{block_of[r['identity']]:06d}.tar"} for r in plan["rows"]]))
     t0, done, total = time.time(), 0, len(plan["rows"])
     for b, block in enumerate(blocks):
-        samples = sample_block(gen / "pipeline", enc, out / "anchors.npy", out / "embeddings.npy", out / "plan.parquet", block, p)
-        write_tar(out / f"block-{b:06d}.tar", ({"__key__": s["key"], "png": s["png"], "cls": s["identity"],
-                                                 "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
-                                                for s in samples))
+        tar = out / f"block-{b:06d}.tar"
+        # runs that overlap in this folder take turns per block: the first renders and writes it, the next
+        # finds its result cached and the same bytes on disk (a kill releases the lock with the process)
+        with file_lock(tar):
+            samples = sample_block(gen / "pipeline", enc, out / "anchors.npy", out / "embeddings.npy", out / "plan.parquet", block, p)
+            wrote = write_tar_if_changed(tar, [{"__key__": s["key"], "png": s["png"], "cls": s["identity"],
+                                                "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
+                                               for s in samples])
         done += len(samples)
         rate = done / (time.time() - t0)
-        log.warning(f"sample: block {b + 1}/{len(blocks)}, {done}/{total} images, {rate:.2f} img/s, ETA {(total - done) / max(rate, 1e-9):.0f}s")
+        log.warning(f"sample: block {b + 1}/{len(blocks)} {'written' if wrote else 'already on disk'}, {done}/{total} images, "
+                    f"{rate:.2f} img/s, ETA {(total - done) / max(rate, 1e-9):.0f}s")
     return rec.finish(images=len(plan["rows"]), blocks=len(blocks), anchor_stats=plan["anchor_stats"])

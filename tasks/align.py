@@ -255,3 +255,21 @@ def prealigned_items(items: list[tuple[str, str, bytes, dict]], detector, p: dic
                     a["landmarks"] = [float(v) for v in f[2].ravel()]
     add_attributes(accepted, pose, age)
     return accepted, rejected
+
+
+def reject_duplicates(accepted: list[dict], rejected: list[dict]) -> list[dict]:
+    """The same photo twice (equal input bytes, `input_sha256`): among training faces the first in key order
+    stays and every other copy moves to `rejected` as 'duplicate' with `duplicate_of`; a training photo that
+    is also an evaluation photo is rejected too (it would leak into the benchmark). Eval faces all stay:
+    the pairs list names them."""
+    digest = lambda a: a.get("input_sha256") or a["sha256"]  # noqa: E731
+    first = {digest(a): a["key"] for a in sorted(accepted, key=lambda a: a["key"]) if a["split"] == "eval"}
+    kept = []
+    for a in sorted(accepted, key=lambda a: (a["split"] != "eval", a["key"])):
+        if a["split"] == "train" and digest(a) in first:
+            rejected.append({"key": a["key"], "source": a["source"], "reason": "duplicate", "duplicate_of": first[digest(a)],
+                             **{k: a[k] for k in ("split", "identity", "fold", "input_sha256") if k in a}})
+            continue
+        first.setdefault(digest(a), a["key"])
+        kept.append(a)
+    return kept

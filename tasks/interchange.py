@@ -15,12 +15,14 @@
 """
 from __future__ import annotations
 
+import hashlib
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from .archives import ArchiveImages, is_archive
 from .io import atomic_path
 
 MAGIC = 0xCED7230A
@@ -232,15 +234,23 @@ def read_imagefolder(root) -> Iterator[tuple[int, str, Path]]:
                 yield label, c, f
 
 
-def _safe_key(text: str) -> str:
-    """WebDataset keys hold no dots or slashes."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+def _safe_key(text: str, max_bytes: int = 64) -> str:
+    """WebDataset keys hold no dots or slashes; a long one is cut and given a hash of the whole, so
+    '<key>.<ext>' stays within a USTAR tar name (100 bytes) whatever the scraped name was."""
+    key = "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+    if len(key.encode()) <= max_bytes:
+        return key
+    head = key
+    while len(head.encode()) > max_bytes - 13:
+        head = head[:-1]
+    return f"{head}_{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list]]:
     """align.train_source -> (the file the align tasks read and hash, [[key, member, meta], ...]) for
     every kept image, after align's per-person limits (min/max images per person, max people; people in
-    sorted order, a person's images in file order)."""
+    sorted order, a person's images in file order). imagefolder: takes a folder or a zip/tar archive of
+    one (an image's class is its parent folder's name; unsafe archives are refused, tasks/archives.py)."""
     kind, _, rel = spec.partition(":")
     path = (root / rel) if not Path(rel).is_absolute() else Path(rel)
     people: dict[str, list] = {}
@@ -252,6 +262,15 @@ def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list]]:
             for i, label, _ in r.records():
                 people.setdefault(f"id{label:07d}", []).append((f"rec{i:09d}", i))
         source = rec
+    elif kind == "imagefolder" and is_archive(path):  # a zip/tar of class folders, read in place
+        source = path
+        with ArchiveImages(path) as a:
+            for name in a.names:
+                parts = PurePosixPath(name).parts
+                if any(x.startswith(".") or x == "__MACOSX" for x in parts):  # macOS resource forks, hidden files
+                    continue
+                if len(parts) >= 2 and PurePosixPath(name).suffix.lower() in IMAGE_EXTS:
+                    people.setdefault(parts[-2], []).append((_safe_key(f"{parts[-2]}_{PurePosixPath(name).stem}"), name))
     elif kind == "imagefolder":
         source = path
         for _, name, f in read_imagefolder(path):
@@ -259,5 +278,19 @@ def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list]]:
     else:
         raise ValueError(f"align.train_source: unknown kind {kind!r}")
     keep = [n for n in sorted(people) if len(people[n]) >= p["min_images_per_person"]][:p["max_train_people"]]
-    return source, [[key, member, {"split": "train", "identity": n, "fold": 0}]
-                    for n in keep for key, member in people[n][:p["max_images_per_person"]]]
+    members = [[key, member, {"split": "train", "identity": n, "fold": 0}]
+               for n in keep for key, member in people[n][:p["max_images_per_person"]]]
+    return source, _distinct_keys(members, source)
+
+
+def _distinct_keys(members: list[list], root: Path) -> list[list]:
+    """Scraped names that sanitise alike ('photo 1.jpg', 'photo_1.png') get a suffix from their member
+    name's hash, so every input keeps its own key and none is lost or overwritten."""
+    seen: dict[str, int] = {}
+    for m in members:
+        seen[m[0]] = seen.get(m[0], 0) + 1
+    for m in members:
+        if seen[m[0]] > 1:
+            name = m[1].relative_to(root).as_posix() if isinstance(m[1], Path) else str(m[1])  # not the checkout's path
+            m[0] = f"{m[0]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return members

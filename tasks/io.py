@@ -5,6 +5,7 @@ never leaves a partial file under an output name.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -24,7 +25,10 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a read-only or forbidden folder: name the output, not the temporary file
+        raise type(e)(e.errno, e.strerror, str(path)) from e
     os.close(fd)
     try:
         yield Path(tmp)
@@ -35,9 +39,38 @@ def atomic_path(path: str | os.PathLike):
             os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give outputs the usual permissions
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        # name the output that could not be written (shutil names the source it was copying from)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or (e.filename is None and e.errno is not None):
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(folder) -> list[str]:
+    """Delete the temporary files of writers that died (SIGKILL, power loss) in `folder`: atomic_path names
+    them .<name>.<pid>.<random>.tmp, and a file whose pid is no longer running will never be renamed.
+    A live writer's file (another run in the same folder) is left alone. Returns the names removed."""
+    removed = []
+    for f in Path(folder).glob(".*.tmp"):
+        parts = f.name.rsplit(".", 3)  # ['.<name>', '<pid>', '<random>', 'tmp']
+        if len(parts) == 4 and parts[1].isdigit() and not _alive(int(parts[1])):
+            f.unlink(missing_ok=True)
+            removed.append(f.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def write_bytes(path, data: bytes) -> None:
@@ -85,12 +118,19 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def not_output(name: str) -> bool:
+    """Files a stage folder holds beside its outputs: the timing log, lock files and temporary files
+    (the same ones .dvcignore keeps out of DVC's hash)."""
+    return name == "timing.json" or name.endswith(".lock") or (name.startswith(".") and name.endswith(".tmp"))
+
+
 def digest_tree(root) -> str:
-    """A file's sha256; for a folder, sha256 over (relative path, file sha256) of its files in sorted order."""
+    """A file's sha256; for a folder, sha256 over (relative path, file sha256) of its output files in
+    sorted order (not_output files left out, so a run's timing never changes what depends on it)."""
     root = Path(root)
     if root.is_file():
         return sha256_file(root)
     h = hashlib.sha256()
-    for p in sorted(p for p in root.rglob("*") if p.is_file()):
+    for p in sorted(p for p in root.rglob("*") if p.is_file() and not not_output(p.name)):
         h.update(f"{p.relative_to(root)}\0{sha256_file(p)}\n".encode())
     return h.hexdigest()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,16 +146,3 @@ def select(people_txt: Path, pairs_txt: Path, p: dict) -> tuple[list[tuple[str, 
     if leaked:
         raise DataError(f"evaluation pairs contain training people (e.g. {leaked[0]}): folds are not person-disjoint")
     return train, pairs
-
-
-class ZipImages:
-    """Read images from the LFW zip without extracting thousands of small files."""
-
-    def __init__(self, path: Path):
-        self.zf = zipfile.ZipFile(path)
-        self.names = set(self.zf.namelist())
-
-    def read(self, member: str) -> bytes:
-        if member not in self.names:
-            raise FileNotFoundError(member)
-        return self.zf.read(member)

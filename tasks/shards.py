@@ -5,13 +5,17 @@ its content; each shard is written under a temporary name and renamed, so reader
 shard. Keys must not contain dots (WebDataset splits the extension at the first dot).
 
     infos = write_shards(samples, out_dir, "train", maxcount=1000)  # samples: dicts {"__key__", "jpg": bytes, ...}
+    with file_lock(path): write_tar_if_changed(path, samples)   # overlapping runs: one writes, the others find it done
     for keys, images, labels in iter_images(shard_paths, keys=None, batch_size=256): ...   # decoded, streamed
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
 import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -35,24 +39,70 @@ def _encode(value) -> bytes:
     return json.dumps(value, sort_keys=True, default=_jsonable).encode()
 
 
+def _tar_into(fileobj, samples: Iterable[dict]) -> int:
+    n = 0
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            key = sample["__key__"]
+            if "." in key or "/" in key:
+                raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+            for ext in sorted(k for k in sample if k != "__key__"):
+                data = _encode(sample[ext])
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), MTIME, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+            n += 1
+    return n
+
+
 def write_tar(path, samples: Iterable[dict]) -> int:
     """Write one tar of samples atomically; return the number of samples."""
-    n = 0
-    with atomic_path(path) as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in samples:
-                key = sample["__key__"]
-                if "." in key or "/" in key:
-                    raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-                for ext in sorted(k for k in sample if k != "__key__"):
-                    data = _encode(sample[ext])
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode = len(data), MTIME, 0o644
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    tar.addfile(info, io.BytesIO(data))
-                n += 1
-    return n
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        return _tar_into(f, samples)
+
+
+class _HashSink:
+    """A write-only file that keeps only the sha256 of what it is given."""
+
+    def __init__(self):
+        self.h, self.n = hashlib.sha256(), 0
+
+    def write(self, b) -> int:
+        self.h.update(b)
+        self.n += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.n
+
+
+def tar_sha256(samples: list[dict]) -> str:
+    """The sha256 write_tar's file would have, without writing it."""
+    sink = _HashSink()
+    _tar_into(sink, samples)
+    return sink.h.hexdigest()
+
+
+@contextmanager
+def file_lock(path):
+    """An exclusive lock on `path` (beside it: .<name>.lock) for as long as the block runs. The kernel drops
+    it when the holder exits or is killed, so a crashed run never leaves a lock that blocks the next."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def write_tar_if_changed(path, samples: list[dict]) -> bool:
+    """write_tar unless `path` already holds exactly these bytes; returns whether it wrote. Hold
+    file_lock(path) around it (and whatever produced the samples) when runs may overlap."""
+    if Path(path).is_file() and sha256_file(path) == tar_sha256(samples):
+        return False
+    write_tar(path, samples)
+    return True
 
 
 def write_shards(samples: Iterable[dict], out_dir, prefix: str, maxcount: int) -> list[dict]:

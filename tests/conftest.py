@@ -27,3 +27,9 @@ def prefect_harness(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=180):  # a cold, busy 2-core machine needs more than 30 s
         yield
+
+
+def output_files(folder: Path) -> dict:
+    """name -> bytes of a stage's outputs, without its timing log and lock files (not outputs)."""
+    from tasks.io import not_output
+    return {f.name: f.read_bytes() for f in sorted(Path(folder).iterdir()) if not not_output(f.name)}

@@ -12,7 +12,8 @@ from PIL import Image
 from conftest import ROOT
 from tasks.align import make_detector, warp
 from tasks.benchmarks import UnsafeBenchmarkFile, build_bin, decoded_batches, find_bins, read_bin, write_bin
-from tasks.lfw import ZipImages, parse_pairs
+from tasks.archives import ArchiveImages
+from tasks.lfw import parse_pairs
 
 
 class Exploit:
@@ -56,7 +57,7 @@ def test_both_bytes_spellings_and_shape_checks(tmp_path):
 
 def _aligned_lfw(lfw_files, pairs):
     """Align the pairs' LFW photos with MTCNN, as the align stage does; LFW-layout relative names."""
-    zf, det = ZipImages(lfw_files / "lfw-deepfunneled.zip"), make_detector("mtcnn")
+    zf, det = ArchiveImages(lfw_files / "lfw-deepfunneled.zip"), make_detector("mtcnn")
     names = sorted({(q.name_a, q.idx_a) for q in pairs} | {(q.name_b, q.idx_b) for q in pairs})
     out = {}
     for n, i in names:

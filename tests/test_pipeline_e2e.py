@@ -1,17 +1,21 @@
 """End to end: `dvc repro` of the whole DAG on a micro configuration of real LFW faces, in a temporary
 copy of the project. Then: a second repro is a no-op; changing sample.* reruns only sample and what
 follows it; a .bin dropped into the benchmarks folder becomes a report column (here the held-out pairs
-again, so its figures must equal lfw_heldout's exactly: reader and builder agree)."""
+again, so its figures must equal lfw_heldout's exactly: reader and builder agree); align and package
+killed with SIGKILL and rerun give the same bytes; then the dataset product (check_dataset_product)."""
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, lfw_dir
+from conftest import ROOT, lfw_dir, output_files
 
 MICRO = {
     "align": {"max_train_people": 12, "min_images_per_person": 6, "max_images_per_person": 6, "max_pairs_per_fold": 10,
@@ -128,7 +132,36 @@ def test_dvc_repro_micro(tmp_path):
     assert c["judge_consistency_mean_cos"] == exp_quality["synthetic"]["judge (dlib)"]["consistency_mean_cos_to_centre"]
     assert "| (c) beta = 0 (no reversed term) |" in (proj / "metrics" / "ablation.md").read_text()
 
+    check_kill_and_rerun(proj, env)
     check_dataset_product(proj, env, p)
+
+
+def check_kill_and_rerun(proj: Path, env: dict) -> None:
+    """Issue 8: align and package killed with SIGKILL at a random point of their work, nothing cached; then
+    rerun. Only complete files were ever visible, and the rerun's outputs equal the uninterrupted run's."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    for stage, folder in (("align", "align"), ("package", "dataset")):
+        out = proj / "artifacts" / folder
+        ref = output_files(out)
+        timing = out / "timing.json"  # the uninterrupted run's working time (a log beside the outputs)
+        work = json.loads(timing.read_text())["seconds"] if timing.is_file() else 5.0
+        shutil.rmtree(out)  # as dvc repro does before it runs a stage
+        fresh = {**{k: v for k, v in env.items() if not k.startswith("PREFECT_")},  # a new Prefect home: nothing cached
+                 "SYNTHFACE_PREFECT_HOME": str(proj.parent / f"prefect-kill-{stage}")}
+        proc = subprocess.Popen([sys.executable, "-m", "flows", stage], cwd=proj, env=fresh, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # killed with its Prefect server
+        while not out.exists() and proc.poll() is None:  # the flow has started its work
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.9) * work)
+        assert proc.poll() is None, f"{stage} finished before the kill (seed {seed})"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        visible = {k: v for k, v in output_files(out).items() if not k.startswith(".")}
+        partial = [k for k, v in visible.items() if ref.get(k) != v]
+        assert not partial, f"{stage} killed (seed {seed}) left partial outputs visible: {partial}"
+        run([sys.executable, "-m", "flows", stage], proj, fresh)
+        assert output_files(out) == ref, f"{stage}: the rerun after a kill (seed {seed}) differs from the uninterrupted run"
 
 
 def check_dataset_product(proj: Path, env: dict, p: dict) -> None:

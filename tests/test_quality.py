@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.align import make_detector
-from tasks.lfw import ZipImages
+from tasks.archives import ArchiveImages
 import tasks.quality as tq
 from tasks.quality import (face_poses, loo_cos_to_centre, pair_cosines, pose_spread, privacy_leakage, quality,
                            real_nearest_other, unique_identities)
@@ -47,7 +47,7 @@ def test_pose_spread_and_real_face_poses(lfw_files):
     s = pose_spread(poses, np.array([0, 0, 0, 1, 1]))
     assert s["faces_found"] == 0.8 and s["identities_with_2_faces"] == 2
     assert abs(s["yaw_std_within_identity"] - 0.05) < 1e-9 and abs(s["pitch_std_within_identity"] - 0.05) < 1e-9
-    zf = ZipImages(lfw_files / "lfw-deepfunneled.zip")
+    zf = ArchiveImages(lfw_files / "lfw-deepfunneled.zip")
     img = np.asarray(Image.open(io.BytesIO(zf.read("lfw-deepfunneled/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"))).convert("RGB"))
     noise = np.random.default_rng(0).integers(0, 256, img.shape, dtype=np.uint8)
     face = np.asarray(Image.fromarray(img[40:210, 40:210]).resize((112, 112), Image.BICUBIC))
