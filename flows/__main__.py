@@ -6,7 +6,8 @@ Stages: fetch-data, align, train-encoder, train-generator, sample, package, trai
 insightface .bin from LFW-style pairs and already aligned images laid out as DIR/<name>/<name>_0001.jpg.
 `python -m flows release --version X.Y.Z | --bump patch [--remote NAME] [--no-push-tags]` publishes a
 release (flows/release.py); `python -m flows export --format recordio|imagefolder --out DIR` exports the
-packaged dataset (flows/export.py).
+packaged dataset (flows/export.py). `python -m flows serve [--cron "0 2 * * *"]` runs the scheduled release
+(pull inputs -> dvc repro -> dvc push -> tag, flows/scheduled.py) from this process.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ STAGES = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="synthface", description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["fetch-data", "params", "build-bin", "release", "export", *STAGES])
+    ap.add_argument("stage", choices=["fetch-data", "params", "build-bin", "release", "export", "serve", *STAGES])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved configuration and its hash, run nothing")
     ap.add_argument("--pairs", help="build-bin: an LFW-format pairs.txt")
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-push-tags", action="store_true", help="release: keep the tag local")
     ap.add_argument("--format", choices=["recordio", "imagefolder"], help="export: the output format")
     ap.add_argument("--dataset", default="artifacts/dataset", help="export: the packaged dataset folder")
+    ap.add_argument("--cron", help="serve: the release schedule (default nightly, 0 2 * * * UTC)")
     a = ap.parse_args(argv)
     try:
         return dispatch(a)
@@ -63,6 +65,10 @@ def os_error_message(e: OSError) -> str:
 
 
 def dispatch(a) -> int:
+    if a.stage == "serve":
+        from .scheduled import CRON, serve
+        serve(a.cron or CRON)
+        return 0
     if a.stage == "build-bin":
         return build_bin_cli(a)
     if a.stage in ("release", "export"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -27,8 +28,8 @@ class ReleaseError(RuntimeError):
     pass
 
 
-def _run(*cmd: str) -> str:
-    r = subprocess.run(list(cmd), cwd=ROOT, capture_output=True, text=True)
+def _run(*cmd: str, cwd=None) -> str:
+    r = subprocess.run(list(cmd), cwd=cwd or ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         raise ReleaseError(f"`{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip()[-2000:]}")
     return r.stdout
@@ -45,50 +46,68 @@ def next_version(tags: list[str], bump: str) -> str:
 
 
 @task
-def check_releasable() -> str:
+def check_releasable(repo: Path) -> str:
     """The commit to release: tracked files unchanged and every stage up to date."""
-    dirty = [line for line in _run("git", "status", "--porcelain", "--untracked-files=no").splitlines() if line.strip()]
+    dirty = [line for line in _run("git", "status", "--porcelain", "--untracked-files=no", cwd=repo).splitlines() if line.strip()]
     if dirty:
         raise ReleaseError(f"uncommitted changes ({', '.join(d[3:] for d in dirty[:5])}): commit them first")
-    status = json.loads(_run("dvc", "status", "--json") or "{}")
+    status = json.loads(_run("dvc", "status", "--json", cwd=repo) or "{}")
     if status:
         raise ReleaseError(f"the pipeline is not up to date ({', '.join(sorted(status)[:5])}): run `dvc repro` and commit dvc.lock")
-    return _run("git", "rev-parse", "HEAD").strip()
+    return _run("git", "rev-parse", "HEAD", cwd=repo).strip()
 
 
 @task(retries=2, retry_delay_seconds=10)
-def push_data(remote: str | None) -> None:
-    if not remote and not _run("dvc", "remote", "default").strip():
+def push_data(remote: str | None, repo: Path) -> None:
+    if not remote and not _run("dvc", "remote", "default", cwd=repo).strip():
         raise ReleaseError("no DVC remote configured: `dvc remote add -d storage <url>` and commit .dvc/config")
-    _run("dvc", "push", *(["-r", remote] if remote else []))
+    _run("dvc", "push", *(["-r", remote] if remote else []), cwd=repo)
 
 
 @task
-def tag_release(version: str, commit: str, push: bool) -> dict:
-    lock = yaml.safe_load(_run("git", "show", f"{commit}:dvc.lock"))
+def tag_release(version: str, commit: str, push: bool, repo: Path) -> dict:
+    lock = yaml.safe_load(_run("git", "show", f"{commit}:dvc.lock", cwd=repo))
     outs = {o["path"]: o.get("md5") for o in lock["stages"]["package"]["outs"]}
-    counts = json.loads((ROOT / "artifacts" / "dataset" / "counts.json").read_text())
+    counts = json.loads((repo / "artifacts" / "dataset" / "counts.json").read_text())
     info = {"version": version, "commit": commit, "dataset_md5": outs.get("artifacts/dataset"),
             "images": counts["images_out"], "identities": counts["identities_out"], "shards": counts["shards"]}
     # the checked commit, even if HEAD moved during the push
-    _run("git", "tag", "-a", f"v{version}", "-m", f"synthface dataset v{version}\n\n{json.dumps(info, indent=2)}", commit)
-    remotes = _run("git", "remote").split()
+    _run("git", "tag", "-a", f"v{version}", "-m", f"synthface dataset v{version}\n\n{json.dumps(info, indent=2)}", commit, cwd=repo)
+    remotes = _run("git", "remote", cwd=repo).split()
     if push and remotes:
-        _run("git", "push", remotes[0], f"v{version}")
+        _run("git", "push", remotes[0], f"v{version}", cwd=repo)
     return {**info, "tag_pushed_to": remotes[0] if push and remotes else None}
 
 
+def release_tags(repo: Path) -> list[str]:
+    return _run("git", "tag", "--list", "v*", cwd=repo).split()
+
+
+def released_md5(repo: Path) -> tuple[str | None, str | None]:
+    """(newest release tag, the dataset md5 its message records), or (None, None) before the first."""
+    tags = sorted(release_tags(repo), key=lambda t: tuple(int(x) for x in SEMVER.match(t[1:]).groups()[:3])
+                  if SEMVER.match(t[1:]) else (-1,))
+    if not tags:
+        return None, None
+    msg = _run("git", "tag", "-l", "--format=%(contents)", tags[-1], cwd=repo)
+    info = json.loads(msg[msg.index("{"):]) if "{" in msg else {}
+    return tags[-1], info.get("dataset_md5")
+
+
 @flow(name="release")
-def release_flow(version: str | None = None, bump: str = "patch", remote: str | None = None, push_tags: bool = True) -> dict:
+def release_flow(version: str | None = None, bump: str = "patch", remote: str | None = None, push_tags: bool = True,
+                 repo: str | None = None) -> dict:
+    """repo: the project checkout to release (default: this one)."""
     log = get_run_logger()
-    tags = _run("git", "tag", "--list", "v*").split()
+    repo = Path(repo) if repo else ROOT
+    tags = release_tags(repo)
     version = version or next_version(tags, bump)
     if not SEMVER.match(version):
         raise ReleaseError(f"version {version!r} is not semantic (MAJOR.MINOR.PATCH[-pre])")
     if f"v{version}" in tags:
         raise ReleaseError(f"tag v{version} already exists: releases are immutable, choose a new version")
-    commit = check_releasable()
-    push_data(remote)
-    info = tag_release(version, commit, push_tags)
+    commit = check_releasable(repo)
+    push_data(remote, repo)
+    info = tag_release(version, commit, push_tags, repo)
     log.warning(f"release: {info}")
     return info
