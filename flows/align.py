@@ -26,7 +26,7 @@ from tasks.shards import write_shards
 
 from . import ROOT
 from .caching import content_key
-from .common import RunRecord, device, params, stage_dir
+from .common import Progress, RunRecord, device, params, stage_dir
 
 _DETECTORS: dict = {}
 
@@ -140,11 +140,12 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     n_train = sum(m[2]["split"] == "train" for m in members)
     log.warning(f"align: {len(members)} images ({n_train} train, {len(eval_members)} eval) in {len(chunks)} chunks")
     accepted, rejected = [], []
+    prog = Progress("align", total=len(members))
     for i, (kind, src, c) in enumerate(chunks):
         a, r = align_chunk(kind, src, c, p)
         accepted += a
         rejected += r
-        log.warning(f"align: chunk {i + 1}/{len(chunks)} done, {len(accepted)} accepted, {len(rejected)} rejected")
+        prog.advance(len(c), f"chunk {i + 1}/{len(chunks)}, {len(accepted)} accepted, {len(rejected)} rejected")
     accepted = reject_duplicates(accepted, rejected)
     # labels: contiguous ints over training identities that kept at least one image
     train_ids = sorted({a["identity"] for a in accepted if a["split"] == "train"})

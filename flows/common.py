@@ -68,3 +68,33 @@ def stage_dir(name: str) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(d)
     return d
+
+
+class Progress:
+    """A long stage's progress: a Prefect progress artifact (the run page's progress bar) kept current,
+    and for counted work a terminal line with images/s and the ETA.
+
+        prog = Progress("sample", total=384)
+        prog.advance(16)        # 16 more images done: artifact updated, 'sample: 16/384 images, 3.1 img/s, ETA 119 s'
+        prog.fraction(0.25)     # for loops that report their own rate (training)
+    """
+
+    def __init__(self, stage: str, total: int = 0, unit: str = "images"):
+        from prefect.artifacts import create_progress_artifact
+        self.stage, self.total, self.unit, self.done, self.t0 = stage, total, unit, 0, time.time()
+        self.id = create_progress_artifact(progress=0.0, key=f"{stage.replace('_', '-')}-progress",
+                                           description=f"{stage}: share of the work done")
+
+    def fraction(self, done: float) -> None:
+        from prefect.artifacts import update_progress_artifact
+        update_progress_artifact(self.id, progress=round(100.0 * min(max(done, 0.0), 1.0), 2))
+
+    def advance(self, n: int, what: str = "") -> str:
+        self.done += n
+        self.fraction(self.done / max(self.total, 1))
+        rate = self.done / max(time.time() - self.t0, 1e-9)
+        line = (f"{self.stage}: {what + ', ' if what else ''}{self.done}/{self.total} {self.unit}, {rate:.2f} img/s, "
+                f"ETA {(self.total - self.done) / max(rate, 1e-9):.0f} s")
+        from prefect import get_run_logger
+        get_run_logger().warning(line)
+        return line

@@ -11,13 +11,13 @@ from tasks.encoder import build, save_encoder
 from tasks.fr_train import train_fr, validation_split
 
 from .caching import content_key
-from .common import RunRecord, device
+from .common import Progress, RunRecord, device
 
 
 @task(cache_key_fn=content_key, persist_result=True)
 def fr_training(shards: list[Path], train: dict[str, int], val: dict[str, int], p: dict) -> tuple[dict, dict]:
     log = get_run_logger()
-    model, stats = train_fr(shards, train, val, p, device(), log.warning)
+    model, stats = train_fr(shards, train, val, p, device(), log.warning, Progress("fr_training").fraction)
     return {k: v.cpu() for k, v in model.state_dict().items()}, stats
 
 

@@ -8,7 +8,6 @@ Outputs: block-NNNNNN.tar (png + json + cls per image), plan.parquet, anchors.np
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from tasks.shards import file_lock, write_tar_if_changed
 
 from . import ROOT
 from .caching import content_key
-from .common import RunRecord, device, params, stage_dir
+from .common import Progress, RunRecord, device, params, stage_dir
 
 _MODELS: dict = {}
 
@@ -47,7 +46,6 @@ def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embe
 
 @flow(name="sample")
 def sample_flow(params_path: str = "params.yaml") -> dict:
-    log = get_run_logger()
     p = params(params_path)["sample"]
     gen, enc = ROOT / "artifacts" / "generator", ROOT / "artifacts" / "encoder"
     out = stage_dir("sample")
@@ -61,7 +59,7 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
     write_npy(out / "anchors.npy", plan["anchors"])
     write_npy(out / "embeddings.npy", plan["embeddings"])
     write_parquet(out / "plan.parquet", pd.DataFrame([{**r, "block": f"block-{block_of[r['identity']]:06d}.tar"} for r in plan["rows"]]))
-    t0, done, total = time.time(), 0, len(plan["rows"])
+    prog = Progress("sample", total=len(plan["rows"]))
     for b, block in enumerate(blocks):
         tar = out / f"block-{b:06d}.tar"
         # runs that overlap in this folder take turns per block: the first renders and writes it, the next
@@ -71,8 +69,5 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
             wrote = write_tar_if_changed(tar, [{"__key__": s["key"], "png": s["png"], "cls": s["identity"],
                                                 "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
                                                for s in samples])
-        done += len(samples)
-        rate = done / (time.time() - t0)
-        log.warning(f"sample: block {b + 1}/{len(blocks)} {'written' if wrote else 'already on disk'}, {done}/{total} images, "
-                    f"{rate:.2f} img/s, ETA {(total - done) / max(rate, 1e-9):.0f}s")
+        prog.advance(len(samples), f"block {b + 1}/{len(blocks)} {'written' if wrote else 'already on disk'}")
     return rec.finish(images=len(plan["rows"]), blocks=len(blocks), anchor_stats=plan["anchor_stats"])

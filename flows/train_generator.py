@@ -19,7 +19,7 @@ from tasks.train_generator import build_pipeline, real_embeddings, train_id3
 
 from . import ROOT
 from .caching import content_key
-from .common import RunRecord, device, params, stage_dir
+from .common import Progress, RunRecord, device, params, stage_dir
 
 
 @task(cache_key_fn=content_key, persist_result=True)
@@ -33,7 +33,7 @@ def train_generator_task(shards: list, encoder_dir, attributes, p: dict) -> tupl
     attr_of = {k: np.array([y, pi, r], np.float32) for k, y, pi, r in zip(pool["key"], pool["yaw"], pool["pitch"], pool["roll"])}
     fingerprint = content_key(None, {"shards": list(shards), "encoder": encoder_dir, "attributes": attributes})
     pipe, stats = train_id3(shards, emb_of, attr_of, len(pool), enc, p, ROOT / "artifacts" / "generator_ckpt", dev, log.warning,
-                            fingerprint)
+                            fingerprint, Progress("train_generator").fraction)
     real = {"embeddings": embs, "labels": labels, "keys": np.array(keys)}
     return {"unet": pipe.unet.state_dict(), "conditioner": pipe.conditioner.state_dict()}, real, stats
 

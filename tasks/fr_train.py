@@ -140,7 +140,7 @@ def augment(x: torch.Tensor, a: dict, g: torch.Generator) -> torch.Tensor:
 
 
 def train_fr(shards: list[Path], train: dict[str, int], val: dict[str, int], p: dict, device: str = "cpu",
-             log: Callable[[str], None] = print) -> tuple[IResNet, dict]:
+             log: Callable[[str], None] = print, progress: Callable[[float], None] | None = None) -> tuple[IResNet, dict]:
     """Train on the `train` keys (key -> contiguous label); return the checkpoint that verifies the `val`
     identities best (the last epoch when there is no validation split)."""
     num_samples, num_classes = len(train), len(set(train.values()))
@@ -196,6 +196,8 @@ def train_fr(shards: list[Path], train: dict[str, int], val: dict[str, int], p: 
         log(f"epoch {epoch + 1}/{p['epochs']} loss {row['loss']:.3f} train-acc {row['train_acc']:.3f} "
             + (f"val-acc {row['val_accuracy']:.3f} " if "val_accuracy" in row else "")
             + f"{rate:.0f} img/s, ETA {(total - step) * p['batch_size'] / max(rate, 1e-9):.0f}s")
+        if progress is not None:
+            progress((epoch + 1) / p["epochs"])
     if best[2] is not None:
         model.load_state_dict(best[2])
     model.eval()

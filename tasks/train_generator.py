@@ -81,7 +81,8 @@ def _ordered(shards, batch_size):
 
 def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[str, np.ndarray], num_samples: int,
               encoder, p: dict, ckpt_dir: Path, device: str = "cpu",
-              log: Callable[[str], None] = print, fingerprint: str = "") -> tuple[ID3Pipeline, dict]:
+              log: Callable[[str], None] = print, fingerprint: str = "",
+              progress: Callable[[float], None] | None = None) -> tuple[ID3Pipeline, dict]:
     torch.manual_seed(p["seed"])
     emb_dim = len(next(iter(emb_of.values())))
     pipe = build_pipeline(p, emb_dim)
@@ -134,6 +135,8 @@ def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[s
                 history.append(row)
                 log(f"step {step}/{p['steps']} loss {row['loss']:.4f} mse {row['mse']:.4f} id {row['id']:.3f} "
                     f"{rate:.1f} img/s, ETA {(p['steps'] - step) * p['batch_size'] / max(rate, 1e-9):.0f}s")
+                if progress is not None:
+                    progress(step / p["steps"])
             if step % p["checkpoint_every"] == 0 or step == p["steps"]:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(ckpt) as tmp:
