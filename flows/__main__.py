@@ -8,6 +8,7 @@ insightface .bin from LFW-style pairs and already aligned images laid out as DIR
 release (flows/release.py); `python -m flows export --format recordio|imagefolder --out DIR` exports the
 packaged dataset (flows/export.py). `python -m flows serve [--cron "0 2 * * *"]` runs the scheduled release
 (pull inputs -> dvc repro -> dvc push -> tag, flows/scheduled.py) from this process.
+`python -m flows sample --runner dask --address tcp://host:8786` renders on an existing Dask cluster.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--format", choices=["recordio", "imagefolder"], help="export: the output format")
     ap.add_argument("--dataset", default="artifacts/dataset", help="export: the packaged dataset folder")
     ap.add_argument("--cron", help="serve: the release schedule (default nightly, 0 2 * * * UTC)")
+    ap.add_argument("--runner", choices=["threads", "dask"], help="sample: where blocks run (default: params execution.runner)")
+    ap.add_argument("--address", help="sample: an existing Dask scheduler (default: execution.address)")
     a = ap.parse_args(argv)
     try:
         return dispatch(a)
@@ -89,7 +92,11 @@ def dispatch(a) -> int:
             from tasks.lfw import verify
             verify(p["data"], ROOT / p["data"]["dir"])
         mod, fn = STAGES[a.stage]
-        getattr(importlib.import_module(mod), fn)(a.params)
+        where = {k: v for k, v in (("runner", a.runner), ("address", a.address)) if v}
+        if where and a.stage != "sample":
+            print(f"synthface {a.stage}: --runner and --address apply to sample", file=sys.stderr)
+            return 2
+        getattr(importlib.import_module(mod), fn)(a.params, **where)
     except (ParamsError, DataError, FileNotFoundError) as e:
         print(f"synthface {a.stage}: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -28,8 +30,14 @@ class ReleaseError(RuntimeError):
     pass
 
 
+def tool(name: str) -> str:
+    """A command from PATH, else the one installed beside this interpreter (a venv not on PATH)."""
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if beside.exists() else name)
+
+
 def _run(*cmd: str, cwd=None) -> str:
-    r = subprocess.run(list(cmd), cwd=cwd or ROOT, capture_output=True, text=True)
+    r = subprocess.run([tool(cmd[0]), *cmd[1:]], cwd=cwd or ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         raise ReleaseError(f"`{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip()[-2000:]}")
     return r.stdout

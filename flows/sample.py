@@ -2,17 +2,25 @@
 
     python -m flows sample    # params [sample]; artifacts/{generator,encoder,align} -> artifacts/sample
 
+    python -m flows sample --runner dask --address tcp://scheduler:8786    # blocks on a Dask cluster
+
 Each block is a Prefect task whose cache key is the content of the generator and encoder files, the
 params and the block's identities; a rerun after a crash renders only the blocks it had not finished.
+The blocks run on the [execution] task runner (threads or Dask: flows/runners.py); the flow writes
+each block's tar as its result comes back, so the bytes do not depend on where or in which order blocks ran.
 Outputs: block-NNNNNN.tar (png + json + cls per image), plan.parquet, anchors.npy, embeddings.npy.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed
 
 from models.id3 import ID3Pipeline
 from tasks.encoder import load_encoder
@@ -22,15 +30,16 @@ from tasks.shards import file_lock, write_tar_if_changed
 
 from . import ROOT
 from .caching import content_key
-from .common import Progress, RunRecord, device, params, stage_dir
+from .common import Progress, RunRecord, params, stage_dir
+from .runners import check_cluster, gpu_slots, in_flight, task_device, task_runner
 
 _MODELS: dict = {}
 
 
-def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool):
-    key = (str(pipeline_dir), str(encoder_dir))
+def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool, dev: str):
+    key = (str(pipeline_dir), str(encoder_dir), dev)  # loaded once per worker process and device
     if key not in _MODELS:
-        _MODELS[key] = (ID3Pipeline.from_pretrained(pipeline_dir), load_encoder(encoder_dir, device()) if need_encoder else None)
+        _MODELS[key] = (ID3Pipeline.from_pretrained(pipeline_dir), load_encoder(encoder_dir, dev) if need_encoder else None)
     return _MODELS[key]
 
 
@@ -38,14 +47,25 @@ def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool):
 def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embeddings_file: Path, plan_file: Path,
                  identities: list[int], p: dict) -> list[dict]:
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
-    get_run_logger().warning(f"sample: rendering identities {identities[0]}-{identities[-1]}")
-    pipe, enc = _models(pipeline_dir, encoder_dir, p["id_weight"] > 0)
-    plan = {"anchors": np.load(anchors_file), "embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
-    return render_block(pipe, enc, plan, identities, p, device())
+    with task_device() as dev:
+        get_run_logger().warning(f"sample: rendering identities {identities[0]}-{identities[-1]} (pid {os.getpid()}, {dev})")
+        pipe, enc = _models(pipeline_dir, encoder_dir, p["id_weight"] > 0, dev)
+        plan = {"anchors": np.load(anchors_file), "embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
+        return render_block(pipe, enc, plan, identities, p, dev)
+
+
+def sample_flow(params_path: str = "params.yaml", runner: str | None = None, address: str | None = None) -> dict:
+    """The sample stage on the [execution] task runner, or on `runner` / `address` when given."""
+    ex = params(params_path)["execution"]
+    if runner:
+        ex = {**ex, "runner": runner}
+    if address:
+        ex = {**ex, "address": address}
+    return _sample.with_options(task_runner=task_runner(ex))(params_path, ex)
 
 
 @flow(name="sample")
-def sample_flow(params_path: str = "params.yaml") -> dict:
+def _sample(params_path: str, ex: dict) -> dict:
     p = params(params_path)["sample"]
     gen, enc = ROOT / "artifacts" / "generator", ROOT / "artifacts" / "encoder"
     out = stage_dir("sample")
@@ -59,15 +79,36 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
     write_npy(out / "anchors.npy", plan["anchors"])
     write_npy(out / "embeddings.npy", plan["embeddings"])
     write_parquet(out / "plan.parquet", pd.DataFrame([{**r, "block": f"block-{block_of[r['identity']]:06d}.tar"} for r in plan["rows"]]))
+    runner = FlowRunContext.get().task_runner
+    if ex["runner"] == "dask" and ex["address"]:
+        check_cluster(ex, runner.client)
+    window = in_flight(ex, runner)
     prog = Progress("sample", total=len(plan["rows"]))
-    for b, block in enumerate(blocks):
-        tar = out / f"block-{b:06d}.tar"
-        # runs that overlap in this folder take turns per block: the first renders and writes it, the next
-        # finds its result cached and the same bytes on disk (a kill releases the lock with the process)
-        with file_lock(tar):
-            samples = sample_block(gen / "pipeline", enc, out / "anchors.npy", out / "embeddings.npy", out / "plan.parquet", block, p)
-            wrote = write_tar_if_changed(tar, [{"__key__": s["key"], "png": s["png"], "cls": s["identity"],
-                                                "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
-                                               for s in samples])
-        prog.advance(len(samples), f"block {b + 1}/{len(blocks)} {'written' if wrote else 'already on disk'}")
+    pending: dict = {}  # future -> (block index, the ExitStack holding its lock)
+    try:
+        for b, block in enumerate(blocks):
+            # runs that overlap in this folder take turns per block: the first renders and writes it, the next
+            # finds its result cached and the same bytes on disk (a kill releases the lock with the process).
+            # Locks are taken in block order, so two runs never wait on each other in a cycle.
+            lock = contextlib.ExitStack()
+            lock.enter_context(file_lock(out / f"block-{b:06d}.tar"))
+            with gpu_slots(ex):
+                fut = sample_block.submit(gen / "pipeline", enc, out / "anchors.npy", out / "embeddings.npy",
+                                          out / "plan.parquet", block, p)
+            pending[fut] = (b, lock)
+            while len(pending) >= window or (b == len(blocks) - 1 and pending):
+                fut = next(as_completed(list(pending)))
+                i, lock = pending.pop(fut)
+                with lock:
+                    _write_block(out / f"block-{i:06d}.tar", fut.result(), prog, i, len(blocks))
+    finally:
+        for _, lock in pending.values():
+            lock.close()
     return rec.finish(images=len(plan["rows"]), blocks=len(blocks), anchor_stats=plan["anchor_stats"])
+
+
+def _write_block(tar: Path, samples: list[dict], prog: Progress, b: int, n: int) -> None:
+    wrote = write_tar_if_changed(tar, [{"__key__": s["key"], "png": s["png"], "cls": s["identity"],
+                                        "json": {k: v for k, v in s.items() if k not in ("png", "key", "block")}}
+                                       for s in samples])
+    prog.advance(len(samples), f"block {b + 1}/{n} {'written' if wrote else 'already on disk'}")

@@ -19,7 +19,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from . import ROOT
-from .release import _run, release_flow, released_md5
+from .release import _run, release_flow, released_md5, tool
 
 CRON = "0 2 * * *"  # nightly, 02:00 UTC
 TRACKED = ("dvc.lock", "metrics", "plots")
@@ -30,7 +30,7 @@ def pull_inputs(repo: Path) -> None:
     if subprocess.run(["git", "rev-parse", "--abbrev-ref", "@{upstream}"], cwd=repo, capture_output=True).returncode == 0:
         _run("git", "pull", "--ff-only", cwd=repo)
     # outputs the remote already has come back; the rest is recomputed by repro (a partial pull is fine)
-    subprocess.run(["dvc", "pull", "--allow-missing"], cwd=repo, capture_output=True, text=True)
+    subprocess.run([tool("dvc"), "pull", "--allow-missing"], cwd=repo, capture_output=True, text=True)
 
 
 @task

@@ -113,6 +113,9 @@ SCHEMA = {
                 "min_consistency": F(-1.0, 1.0), "face_filter": Spec(bool), "min_images_per_identity": I(1),
                 "judge_images_per_identity": I(0), "grid_identities": I(1), "grid_images": I(1)},
     "train_fr": FR_TRAIN,
+    # where fan-out tasks run (flows/runners.py); not a stage param: it never changes what a stage writes
+    "execution": {"runner": S(["threads", "dask"]), "address": S(optional=True), "workers": I(1, optional=True),
+                  "gpus_per_task": I(0)},
     "evaluate": {"folds": I(2), "far": L(F(0.0, 1.0)), "benchmarks_dir": S(), "synthetic_label": S(optional=True),
                  "judge_max_identities": I(1), "unique_radius": F(-1.0, 1.0), "hist_pairs": I(100),
                  "grid_identities": I(1), "grid_images": I(1)},

@@ -1,9 +1,13 @@
-"""Shared fixtures: the real LFW files (SYNTHFACE_LFW_DIR or ../shared/datasets/lfw) and a Prefect test harness."""
+"""Shared fixtures: the real LFW files (SYNTHFACE_LFW_DIR or ../shared/datasets/lfw), a Prefect test harness,
+and a tiny sampling project with its reference sample outputs."""
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,7 +33,97 @@ def prefect_harness(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One Prefect server for the tests' stage subprocesses. A stage process on its own starts an ephemeral
+    server (25-35 s here); pointed at a running one (PREFECT_API_URL) it starts in about 3 s. Results and
+    caches stay where each run's Prefect home puts them (PREFECT_LOCAL_STORAGE_PATH), not on the server."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+    home = tmp_path_factory.mktemp("prefect-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**without_prefect(os.environ), "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+           "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail(f"the test Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+def without_prefect(env) -> dict:
+    """An environment minus Prefect settings (this process may have pointed Prefect at its own home)."""
+    return {k: v for k, v in env.items() if not k.startswith(("PREFECT_", "SYNTHFACE_PREFECT"))}
+
+
 def output_files(folder: Path) -> dict:
     """name -> bytes of a stage's outputs, without its timing log and lock files (not outputs)."""
     from tasks.io import not_output
     return {f.name: f.read_bytes() for f in sorted(Path(folder).iterdir()) if not not_output(f.name)}
+
+
+SAMPLE = [sys.executable, "-m", "flows", "sample"]
+
+
+def tiny_sampling_project(proj: Path) -> None:
+    """flows/tasks/models and params, with tiny real generator, encoder and attribute-pool artifacts."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    for k in ("flows", "tasks", "models"):
+        shutil.copytree(ROOT / k, proj / k, ignore=shutil.ignore_patterns("__pycache__"))
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["sample"].update({"num_identities": 6, "embeddings_per_identity": 2, "images_per_embedding": 1, "anchor_iters": 10,
+                        "privacy_threshold": 0.9, "num_inference_steps": 2, "id_weight": 0.0, "beta": 0.0, "block_size": 2,
+                        "batch_size": 4})
+    (proj / "params.yaml").write_text(yaml.safe_dump(p))
+    from models.iresnet import IResNet
+    from tasks.encoder import save_encoder
+    from tasks.train_generator import build_pipeline
+    torch.manual_seed(0)
+    gp = {"resolution": 16, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1, "attention_head_dim": 8,
+                                     "norm_num_groups": 8}, "conditioner_dims": [32, 32], "num_train_timesteps": 1000}
+    art = proj / "artifacts"
+    build_pipeline(gp, embedding_dim=16).save_pretrained(art / "generator" / "pipeline")
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((12, 16))
+    np.savez(art / "generator" / "real_stats.npz", embeddings=e / np.linalg.norm(e, axis=1, keepdims=True), labels=np.arange(12) // 3)
+    save_encoder(IResNet((1, 1), (8, 16), 16, 16).eval(), {"layers": [1, 1], "widths": [8, 16], "input_size": 16,
+                                                             "embedding_dim": 16}, art / "encoder")
+    (art / "align").mkdir(parents=True)
+    pd.DataFrame(rng.uniform(-1, 1, (20, 3)), columns=["yaw", "pitch", "roll"]).to_parquet(art / "align" / "attributes.parquet")
+
+
+@pytest.fixture(scope="session")
+def sampling(tmp_path_factory, prefect_api):
+    """The tiny project after two concurrent sample runs on the default (threads) runner: (project, env,
+    logs, reference output bytes). Tests that rerun sampling there compare with the reference."""
+    proj = tmp_path_factory.mktemp("sampling") / "proj"
+    tiny_sampling_project(proj)
+    # the project's own Prefect home (flows/__init__.py) for results, the shared test server for the API
+    env = {**without_prefect(os.environ), "PYTHONPATH": str(proj), "PREFECT_API_URL": prefect_api}
+    runs = [subprocess.Popen(SAMPLE, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [r.communicate(timeout=900)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], "\n".join(logs)
+    return proj, env, "\n".join(logs), output_files(proj / "artifacts" / "sample")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, lfw_dir, output_files
+from conftest import ROOT, lfw_dir, output_files, without_prefect
 
 MICRO = {
     "align": {"max_train_people": 12, "min_images_per_person": 6, "max_images_per_person": 6, "max_pairs_per_fold": 10,
@@ -53,7 +53,7 @@ def run(cmd, cwd, env):
     return r.stdout + r.stderr
 
 
-def test_dvc_repro_micro(tmp_path):
+def test_dvc_repro_micro(tmp_path, prefect_api):
     proj = tmp_path / "proj"
     keep = ["flows", "tasks", "models", "benchmarks", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".dvc/plots",
             ".dvcignore", ".gitignore"]
@@ -66,8 +66,9 @@ def test_dvc_repro_micro(tmp_path):
             shutil.copy2(src, proj / k)
     p = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), MICRO)
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "SYNTHFACE_LFW_DIR": str(lfw_dir())}
-    env.pop("SYNTHFACE_PREFECT_HOME", None)
+    # results and caches in the project's own Prefect home; every stage process talks to one test server
+    env = {**without_prefect(os.environ), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SYNTHFACE_LFW_DIR": str(lfw_dir()), "PREFECT_API_URL": prefect_api}
     run(["git", "init", "-q"], proj, env)
     run([sys.executable, "-m", "flows", "fetch-data"], proj, env)
     run(["dvc", "add", "-q", "data"], proj, env)
@@ -147,10 +148,9 @@ def check_kill_and_rerun(proj: Path, env: dict) -> None:
         timing = out / "timing.json"  # the uninterrupted run's working time (a log beside the outputs)
         work = json.loads(timing.read_text())["seconds"] if timing.is_file() else 5.0
         shutil.rmtree(out)  # as dvc repro does before it runs a stage
-        fresh = {**{k: v for k, v in env.items() if not k.startswith("PREFECT_")},  # a new Prefect home: nothing cached
-                 "SYNTHFACE_PREFECT_HOME": str(proj.parent / f"prefect-kill-{stage}")}
+        fresh = {**env, "SYNTHFACE_PREFECT_HOME": str(proj.parent / f"prefect-kill-{stage}")}  # a new home: nothing cached
         proc = subprocess.Popen([sys.executable, "-m", "flows", stage], cwd=proj, env=fresh, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # killed with its Prefect server
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # its own process group
         while not out.exists() and proc.poll() is None:  # the flow has started its work
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.9) * work)

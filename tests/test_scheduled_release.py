@@ -7,11 +7,14 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import ROOT
+
+DVC = str(Path(sys.executable).parent / "dvc")
 
 COUNTS = ("import json, pathlib, yaml; p = yaml.safe_load(open('params.yaml')); d = pathlib.Path('artifacts/dataset'); "
           "d.mkdir(parents=True, exist_ok=True); n = p['n']; "
@@ -31,8 +34,8 @@ def project(tmp_path):
     _git(repo, "init", "-q", "-b", "main")
     _git(repo, "config", "user.name", "synthface-test")
     _git(repo, "config", "user.email", "test@synthface.invalid")
-    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
-    subprocess.run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], cwd=repo, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([DVC, "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], cwd=repo, check=True)
     (repo / "params.yaml").write_text("n: 3\n")
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"package": {
         "cmd": f'{sys.executable} -c "{COUNTS}"', "params": ["n"], "outs": ["artifacts/dataset"]}}}))
