@@ -1,13 +1,17 @@
 """Prefect flows of synthface, one per DVC stage; `python -m flows <stage>` runs one.
 
 Importing this package points Prefect at a project-local home (an ephemeral server on SQLite under
-.prefect/, analytics off) before prefect itself is imported, so every run works offline.
+.prefect/, analytics off) before prefect itself is imported, so every run works offline. Training
+checkpoints go to .prefect/checkpoints/ (CHECKPOINTS).
 """
 import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 _home = Path(os.environ.get("SYNTHFACE_PREFECT_HOME", ROOT / ".prefect"))
+# resumable training state lives beside Prefect's result cache (git- and dvc-ignored), never in a stage's
+# outputs: dvc repro deletes those before it reruns the stage
+CHECKPOINTS = _home / "checkpoints"
 os.environ.setdefault("PREFECT_HOME", str(_home))
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(_home / "storage"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

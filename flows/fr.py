@@ -1,23 +1,43 @@
 """The FR-training flow body shared by train_encoder (identity encoder), train_fr_real (real-data
-baseline) and train_fr (synthetic shards): split off validation identities, train, save the chosen checkpoint."""
+baseline) and train_fr (synthetic shards): split off validation identities, train, save the chosen checkpoint.
+
+Training checkpoints every epoch to CHECKPOINTS/<stage>-<content key> (flows/__init__.py), so a killed stage
+resumes where it stopped; the folder goes once the stage's outputs are written. With
+`distributed.nproc_per_node * distributed.nnodes > 1` the training runs under torchrun (tasks/fr_dist.py).
+"""
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
 
 from tasks.encoder import build, save_encoder
+from tasks.fr_dist import launch, world_size
 from tasks.fr_train import train_fr, validation_split
 
+from . import CHECKPOINTS
 from .caching import content_key
 from .common import Progress, RunRecord, device
 
 
+def checkpoint_dir(stage: str, shards: list[Path], train: dict[str, int], val: dict[str, int], p: dict) -> Path:
+    """One folder per (stage, code, shard bytes, splits, params): a changed input never resumes a stale run."""
+    key = content_key(None, {"stage": stage, "shards": shards, "train": train, "val": val, "p": p})
+    return CHECKPOINTS / f"{stage}-{key[:16]}"
+
+
 @task(cache_key_fn=content_key, persist_result=True)
-def fr_training(shards: list[Path], train: dict[str, int], val: dict[str, int], p: dict) -> tuple[dict, dict]:
+def fr_training(stage: str, shards: list[Path], train: dict[str, int], val: dict[str, int], p: dict) -> tuple[dict, dict]:
     log = get_run_logger()
-    model, stats = train_fr(shards, train, val, p, device(), log.warning, Progress("fr_training").fraction)
+    ckpt = checkpoint_dir(stage, shards, train, val, p)
+    progress = Progress("fr_training").fraction
+    if world_size(p) > 1:
+        with tempfile.TemporaryDirectory(prefix=f"{stage}-torchrun-") as job:
+            return launch(shards, train, val, p, device(), Path(job), log.warning, ckpt, progress)
+    model, stats = train_fr(shards, train, val, p, device(), log.warning, progress, checkpoint_dir=ckpt)
     return {k: v.cpu() for k, v in model.state_dict().items()}, stats
 
 
@@ -27,8 +47,10 @@ def train_and_save(stage: str, shards: list[Path], manifest: pd.DataFrame, p: di
     train, val = validation_split(manifest, p["val_fraction"], p["seed"])
     num_classes = len(set(train.values()))
     config = {"kind": "iresnet", "arch": p["arch"], "num_classes": num_classes, "num_samples": len(train)}
-    state, stats = fr_training(shards, train, val, p)
+    state, stats = fr_training(stage, shards, train, val, p)
     model = build(config)
     model.load_state_dict(state)
     save_encoder(model, config, out)
-    return rec.finish(training=stats)
+    result = rec.finish(training=stats)
+    shutil.rmtree(checkpoint_dir(stage, shards, train, val, p), ignore_errors=True)  # the outputs hold what it did
+    return result

@@ -74,6 +74,8 @@ FR_TRAIN = {
     "seed": I(0), "num_workers": I(0),
     # whole identities held out of training to choose the checkpoint (never the benchmarks)
     "val_fraction": F(0.0, 0.5), "val_max_pairs": I(4), "val_every": I(1),
+    # data-parallel training under torchrun (tasks/fr_dist.py) when nproc_per_node * nnodes > 1
+    "distributed": {"nproc_per_node": I(1), "nnodes": I(1), "rdzv_endpoint": S(optional=True)},
 }
 
 SCHEMA = {
@@ -152,6 +154,12 @@ def validate(raw: dict) -> dict:
     for sec in ("encoder", "train_fr"):
         if len(p[sec]["arch"]["layers"]) != len(p[sec]["arch"]["widths"]):
             raise ParamsError(f"{sec}.arch.widths: needs one width per entry of {sec}.arch.layers")
+        d = p[sec]["distributed"]
+        if d["nnodes"] > 1 and not d["rdzv_endpoint"]:
+            raise ParamsError(f"{sec}.distributed.rdzv_endpoint: needed when nnodes > 1 (host:port every node reaches)")
+        if p[sec]["batch_size"] % (d["nproc_per_node"] * d["nnodes"]):
+            raise ParamsError(f"{sec}.batch_size: {p[sec]['batch_size']} does not divide over "
+                              f"{d['nproc_per_node'] * d['nnodes']} processes (distributed.nproc_per_node x nnodes)")
     return p
 
 

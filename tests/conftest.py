@@ -127,3 +127,22 @@ def sampling(tmp_path_factory, prefect_api):
     logs = [r.communicate(timeout=900)[0] for r in runs]
     assert [r.returncode for r in runs] == [0, 0], "\n".join(logs)
     return proj, env, "\n".join(logs), output_files(proj / "artifacts" / "sample")
+
+
+def colour_faces(identities: int, per_identity: int, size: int = 32, seed: int = 0):
+    """Tiny face-like training data: one colour per identity plus noise, as PNG WebDataset samples.
+    Returns (samples for tasks.shards.write_shards, manifest DataFrame of key and label)."""
+    import io
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, (identities, 3))
+    samples, rows = [], []
+    for c in range(identities):
+        for j in range(per_identity):
+            img = np.clip(colours[c] + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            buf = io.BytesIO(); Image.fromarray(img).save(buf, format="PNG")
+            samples.append({"__key__": f"c{c}_{j}", "png": buf.getvalue(), "cls": c})
+            rows.append({"key": f"c{c}_{j}", "label": c})
+    return samples, pd.DataFrame(rows)

@@ -1,14 +1,13 @@
 """The FR recipe's validation split: whole identities held out, balanced interleaved pairs, and the
 returned model is the checkpoint with the best validation accuracy (not simply the last epoch)."""
-import io
-
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from tasks.fr_train import Validator, train_fr, validation_pairs, validation_split
 from tasks.shards import write_shards
+
+from conftest import colour_faces
 
 P = {"arch": {"layers": [1, 1], "widths": [8, 16], "input_size": 32, "embedding_dim": 16},
      "margin": {"kind": "cosface", "s": 16.0, "m": 0.2}, "epochs": 4, "batch_size": 8, "lr": 0.05, "momentum": 0.9,
@@ -30,17 +29,9 @@ def test_split_holds_out_whole_identities():
 
 
 def test_returns_the_best_validated_checkpoint(tmp_path):
-    rng = np.random.default_rng(0)
-    colours = rng.integers(0, 256, (8, 3))
-    samples, rows = [], []
-    for c in range(8):
-        for j in range(6):
-            img = np.clip(colours[c] + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-            buf = io.BytesIO(); Image.fromarray(img).save(buf, format="PNG")
-            samples.append({"__key__": f"c{c}_{j}", "png": buf.getvalue(), "cls": c})
-            rows.append({"key": f"c{c}_{j}", "label": c})
+    samples, manifest = colour_faces(8, 6)
     shards = [tmp_path / s["shard"] for s in write_shards(samples, tmp_path, "t", 20)]
-    train, val = validation_split(pd.DataFrame(rows), P["val_fraction"], P["seed"])
+    train, val = validation_split(manifest, P["val_fraction"], P["seed"])
     torch.manual_seed(0)
     model, stats = train_fr(shards, train, val, P, log=lambda s: None)
     accs = [h["val_accuracy"] for h in stats["history"]]

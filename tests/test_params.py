@@ -25,6 +25,8 @@ def test_shipped_params_files_validate():
     (("align", "eval_folds"), [8], "align.eval_folds: must not share a fold"),
     (("encoder", "arch", "layers"), [1, "x"], "encoder.arch.layers[1]: expected int"),
     (("package", "uniqueness"), False, "package.uniqueness: expected str, got bool False .YAML reads unquoted on/off"),
+    (("encoder", "distributed", "nnodes"), 2, "encoder.distributed.rdzv_endpoint: needed when nnodes > 1"),
+    (("train_fr", "distributed", "nproc_per_node"), 3, "train_fr.batch_size: 64 does not divide over 3 processes"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     r = copy.deepcopy(raw())
