@@ -26,4 +26,4 @@ demo: data
 	dvc metrics show
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests

@@ -180,6 +180,7 @@ class _Net(nn.Module):
 
 
 CHECKPOINT = "checkpoint.pt"
+SHARDS_PER_READER = 4  # fewer shards than this per rank x loader worker: split by sample instead
 
 
 def run_fingerprint(shards: list[Path], train: dict[str, int], val: dict[str, int], p: dict, world: int) -> str:
@@ -314,7 +315,9 @@ def train_fr(shards: list[Path], train: dict[str, int], val: dict[str, int], p: 
     if world > 1:
         ddp = DDP(net, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
         workers = max(1, p["num_workers"])
-        if len(shards) < world * workers:
+        # whole shards per rank and worker only when there are enough to balance them: a share of a few
+        # shards can hold only held-out identities (shards follow identity order) and give no batch at all
+        if len(shards) < SHARDS_PER_READER * world * workers:
             split = (rank, world)
             say(f"{len(shards)} shards for {world} ranks x {workers} loader workers: splitting by sample instead of by shard")
     if ck is not None:  # after everything that might draw from them

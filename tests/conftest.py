@@ -20,6 +20,12 @@ def lfw_dir() -> Path:
     return d
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end test first: it is the longest, so under xdist (`make test`: -n 2) it starts at once and
+    the other tests share the second worker meanwhile."""
+    items.sort(key=lambda item: "test_pipeline_e2e" not in item.nodeid)
+
+
 @pytest.fixture(scope="session")
 def lfw_files() -> Path:
     return lfw_dir()

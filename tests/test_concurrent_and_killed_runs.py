@@ -15,6 +15,9 @@ import pytest
 
 from conftest import SAMPLE, output_files
 
+# one xdist worker runs every test of the shared tiny sampling project (its fixture builds it once)
+pytestmark = pytest.mark.xdist_group("sampling")
+
 DVC = str(Path(sys.executable).parent / "dvc")
 
 

@@ -6,7 +6,12 @@ import re
 import shutil
 import subprocess
 
+import pytest
+
 from conftest import SAMPLE, output_files
+
+# one xdist worker runs every test of the shared tiny sampling project (its fixture builds it once)
+pytestmark = pytest.mark.xdist_group("sampling")
 
 
 def test_sampling_on_a_two_worker_dask_cluster_gives_the_single_process_bytes(sampling, tmp_path):

@@ -20,24 +20,25 @@ P = {"arch": {"layers": [1, 1], "widths": [8, 16], "input_size": 32, "embedding_
 
 
 def test_two_gloo_processes_split_the_data_and_stay_in_sync(tmp_path):
-    samples, manifest = colour_faces(8, 6)
-    train, val = validation_split(manifest, P["val_fraction"], P["seed"])  # 36 training images, 12 held out
-    # 4 shards of 9 training + 3 validation images: any 2 shards give a rank its 18 images (3 steps of 6)
+    samples, manifest = colour_faces(8, 8)
+    train, val = validation_split(manifest, P["val_fraction"], P["seed"])  # 48 training images, 16 held out
+    # 8 shards of 6 training + 2 validation images (enough to split by shard: 4 per rank): any 4 give a rank
+    # its 24 images, 4 steps of 6
     t, v = [s for s in samples if s["__key__"] in train], [s for s in samples if s["__key__"] in val]
-    ordered = [s for i in range(4) for s in t[9 * i:9 * i + 9] + v[3 * i:3 * i + 3]]
-    shards = [tmp_path / s["shard"] for s in write_shards(ordered, tmp_path, "t", 12)]
-    assert len(shards) == 4
+    ordered = [s for i in range(8) for s in t[6 * i:6 * i + 6] + v[2 * i:2 * i + 2]]
+    shards = [tmp_path / s["shard"] for s in write_shards(ordered, tmp_path, "t", 8)]
+    assert len(shards) == 8
     lines = []
     state, stats = launch(shards, train, val, P, "cpu", tmp_path / "job", lines.append, tmp_path / "ckpt")
     log = "\n".join(lines)
 
     d = stats["distributed"]
     assert d["world_size"] == 2 and d["split"] == "shards", log
-    assert d["steps_per_rank"] == [6, 6] and stats["steps"] == 6  # 2 epochs x 36 // 12
+    assert d["steps_per_rank"] == [8, 8] and stats["steps"] == 8  # 2 epochs x 48 // 12
     assert len(set(d["param_digest_per_rank"])) == 1, d  # DDP kept the replicas identical
     assert [h["epoch"] for h in stats["history"]] == [1, 2]
     for h in stats["history"]:  # each key read once per epoch, by one rank: counts and multiset digest add up
-        assert h["keys_per_rank"] == [18, 18] and h["keys_digest"] == f"{keys_digest(train):016x}", h
+        assert h["keys_per_rank"] == [24, 24] and h["keys_digest"] == f"{keys_digest(train):016x}", h
         assert h["steps_per_rank"][0] == h["steps_per_rank"][1] and "val_accuracy" in h
     assert "epoch 2/2" in log and "resumed" not in log
 
