@@ -6,6 +6,7 @@ never leaves a partial file under an output name.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import io
 import json
@@ -118,10 +119,13 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# Files a stage folder holds beside its outputs: the timing log, per-block locks and a killed writer's
+# temporary files. .dvcignore keeps `artifacts/*/<pattern>` for each out of DVC's hash (a test checks both agree).
+NOT_OUTPUT = ("timing.json", ".*.lock", ".*.tmp")
+
+
 def not_output(name: str) -> bool:
-    """Files a stage folder holds beside its outputs: the timing log, lock files and temporary files
-    (the same ones .dvcignore keeps out of DVC's hash)."""
-    return name == "timing.json" or name.endswith(".lock") or (name.startswith(".") and name.endswith(".tmp"))
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in NOT_OUTPUT)
 
 
 def digest_tree(root) -> str:
