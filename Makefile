@@ -1,4 +1,5 @@
 # Two commands on a fresh machine:  `make demo` (install + data + dvc repro)  and  `make test`.
+# `python -m flows repro` is dvc repro with one Prefect server for every stage process (flows/server.py).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -19,10 +20,10 @@ data: install
 	dvc add --quiet data
 
 repro: install
-	dvc repro
+	$(PY) -m flows repro
 
 demo: data
-	@start=$$(date +%s); dvc repro && echo "demo: dvc repro took $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); $(PY) -m flows repro && echo "demo: dvc repro took $$(( $$(date +%s) - start )) s"
 	dvc metrics show
 
 test: install

@@ -9,6 +9,7 @@ release (flows/release.py); `python -m flows export --format recordio|imagefolde
 packaged dataset (flows/export.py). `python -m flows serve [--cron "0 2 * * *"]` runs the scheduled release
 (pull inputs -> dvc repro -> dvc push -> tag, flows/scheduled.py) from this process.
 `python -m flows sample --runner dask --address tcp://host:8786` renders on an existing Dask cluster.
+`python -m flows repro [dvc repro args]` is `dvc repro` with one Prefect server for all its stage processes.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ STAGES = {
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["repro"]:  # dvc repro's own arguments pass through untouched
+        from .server import repro
+        return repro(argv[1:])
     ap = argparse.ArgumentParser(prog="synthface", description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["fetch-data", "params", "build-bin", "release", "export", "serve", *STAGES])
     ap.add_argument("--params", default="params.yaml")

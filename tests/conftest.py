@@ -41,46 +41,16 @@ def prefect_harness(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
-    """One Prefect server for the tests' stage subprocesses. A stage process on its own starts an ephemeral
-    server (25-35 s here); pointed at a running one (PREFECT_API_URL) it starts in about 3 s. Results and
-    caches stay where each run's Prefect home puts them (PREFECT_LOCAL_STORAGE_PATH), not on the server."""
-    import signal
-    import socket
-    import time
-    import urllib.request
-    home = tmp_path_factory.mktemp("prefect-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**without_prefect(os.environ), "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-           "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail(f"the test Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    """One Prefect server for the tests' stage subprocesses (flows/server.py): a stage process on its own
+    starts an ephemeral server (25-35 s here); pointed at this one it starts in about 3 s."""
+    from flows.server import prefect_server
+    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
+        yield url
 
 
 def without_prefect(env) -> dict:
-    """An environment minus Prefect settings (this process may have pointed Prefect at its own home)."""
-    return {k: v for k, v in env.items() if not k.startswith(("PREFECT_", "SYNTHFACE_PREFECT"))}
+    from flows.server import without_prefect as strip
+    return strip(env)
 
 
 def output_files(folder: Path) -> dict:
