@@ -27,4 +27,4 @@ demo: data
 	dvc metrics show
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests

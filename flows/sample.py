@@ -13,6 +13,7 @@ Outputs: block-NNNNNN.tar (png + json + cls per image), plan.parquet, anchors.np
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool, dev: str)
     return _MODELS[key]
 
 
-@task(cache_key_fn=content_key, persist_result=True, retries=1)
+# cache_result_in_memory=False: Prefect's result store otherwise keeps every finished block's images in an
+# in-memory LRU cache of 1000 records for the whole run (benchmarks/scaling.py); the flow reads each result once
+@task(cache_key_fn=content_key, persist_result=True, retries=1, cache_result_in_memory=False)
 def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embeddings_file: Path, plan_file: Path,
                  identities: list[int], p: dict) -> list[dict]:
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
@@ -85,6 +88,7 @@ def _sample(params_path: str, ex: dict) -> dict:
     window = in_flight(ex, runner)
     prog = Progress("sample", total=len(plan["rows"]))
     pending: dict = {}  # future -> (block index, the ExitStack holding its lock)
+    gc.freeze()  # what is alive now lives through the run: the per-block collections below need not scan it
     try:
         for b, block in enumerate(blocks):
             # runs that overlap in this folder take turns per block: the first renders and writes it, the next
@@ -101,7 +105,13 @@ def _sample(params_path: str, ex: dict) -> dict:
                 i, lock = pending.pop(fut)
                 with lock:
                     _write_block(out / f"block-{i:06d}.tar", fut.result(), prog, i, len(blocks))
+                # a finished future and its state still hold the block's images in reference cycles (Prefect's
+                # future <-> its done-callback, transaction <-> result record): free them now, not at the next
+                # full collection, which a run's few thousand new objects per block seldom triggers
+                fut = None
+                gc.collect()
     finally:
+        gc.unfreeze()
         for _, lock in pending.values():
             lock.close()
     return rec.finish(images=len(plan["rows"]), blocks=len(blocks), anchor_stats=plan["anchor_stats"])

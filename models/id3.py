@@ -14,10 +14,12 @@ import math
 from typing import Callable, Sequence
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, ModelMixin
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 from torch.nn import functional as F
+
+from .identities import derive_seed
 
 
 class ID3Conditioner(ModelMixin, ConfigMixin):
@@ -106,19 +108,36 @@ def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor]
     return {"loss": loss, "mse": mse.detach(), "rec": rec.mean().detach(), "id": (idsim * keep).sum().detach() / keep.sum().clamp(min=1)}
 
 
+SAMPLERS = ("ddim", "dpmsolver++", "ddpm")
+
+
 def make_scheduler(kind: str, config: dict):
-    """DDIM or DPM-Solver++ from the training (DDPM) scheduler config; trailing spacing starts at t = T-1."""
+    """DDIM, DPM-Solver++ or ancestral DDPM (the reference: one denoiser call per training step, usually
+    all T) from the training (DDPM) scheduler config; trailing spacing starts at t = T-1."""
+    if kind == "ddpm":
+        return DDPMScheduler.from_config(config, clip_sample=True, timestep_spacing="trailing")
     if kind == "ddim":
         return DDIMScheduler.from_config(config, clip_sample=True, set_alpha_to_one=False, timestep_spacing="trailing")
     if kind == "dpmsolver++":
+        # x0 clipped to the data range, as DDIM's clip_sample does (thresholding with a maximum of 1 is a static
+        # clip): unclipped, 90% of the demo generator's pixels saturate (benchmarks/sampler_sweep.py)
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
-                                                        timestep_spacing="trailing")
-    raise ValueError(f"unknown sampler {kind!r}: use 'ddim' or 'dpmsolver++'")
+                                                        timestep_spacing="trailing", thresholding=True,
+                                                        sample_max_value=1.0)
+    raise ValueError(f"unknown sampler {kind!r}: use one of {SAMPLERS}")
 
 
 def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """Per-image noise from per-image seeds: an image never depends on its batch position."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def step_noise(scheduler, seeds: Sequence[int]) -> dict:
+    """scheduler.step kwargs: a stochastic sampler (DDPM) draws each image's per-step noise from a generator
+    of its own seed, so its images too never depend on batch position; deterministic ones take nothing."""
+    if not isinstance(scheduler, DDPMScheduler):
+        return {}
+    return {"generator": [torch.Generator().manual_seed(derive_seed(int(s), "step-noise")) for s in seeds]}
 
 
 def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s: torch.Tensor, seeds: Sequence[int],
@@ -149,6 +168,7 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
     if id_weight and encoder is None:
         raise ValueError("id_weight > 0 needs an identity encoder")
     alphas = scheduler.alphas_cumprod.to(dev)
+    noise = step_noise(scheduler, seeds)
     for t in scheduler.timesteps:
         tt = torch.full((x.shape[0],), int(t), device=dev, dtype=torch.long)
         with torch.set_grad_enabled(bool(id_weight)):
@@ -173,7 +193,7 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
                 grad = torch.autograd.grad(score.sum(), x_in)[0]
                 w = id_weight * (ab / (1 - ab) if guidance_schedule == "x0" else torch.ones_like(ab))
                 eps = eps.detach() - (w * (1 - ab).sqrt()).view(-1, 1, 1, 1) * grad
-        x = scheduler.step(eps.detach(), t, x).prev_sample
+        x = scheduler.step(eps.detach(), t, x, **noise).prev_sample
     return x.clamp(-1, 1)
 
 

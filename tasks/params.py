@@ -103,7 +103,7 @@ SCHEMA = {
     "sample": {
         "num_identities": I(2), "embeddings_per_identity": I(1), "images_per_embedding": I(1),
         "v_low": F(-1.0, 1.0), "v_high": F(-1.0, 1.0), "anchor_iters": I(0), "anchors": S(["tammes", "random"]),
-        "privacy_threshold": F(-1.0, 1.0), "sampler": S(["ddim", "dpmsolver++"]), "num_inference_steps": I(1, 1000),
+        "privacy_threshold": F(-1.0, 1.0), "sampler": S(["ddim", "dpmsolver++", "ddpm"]), "num_inference_steps": I(1, 1000),
         "guidance_scale": F(0.0), "id_weight": F(0.0), "beta": F(0.0), "guidance_schedule": S(["x0", "constant"]),
         "block_size": I(1), "batch_size": I(1),
         "seed": I(0),

@@ -62,8 +62,9 @@ def output_files(folder: Path) -> dict:
 SAMPLE = [sys.executable, "-m", "flows", "sample"]
 
 
-def tiny_sampling_project(proj: Path) -> None:
-    """flows/tasks/models and params, with tiny real generator, encoder and attribute-pool artifacts."""
+def tiny_sampling_project(proj: Path, resolution: int = 16) -> None:
+    """flows/tasks/models and params, with tiny real generator (`resolution` px), encoder and attribute-pool
+    artifacts."""
     import numpy as np
     import pandas as pd
     import torch
@@ -78,15 +79,15 @@ def tiny_sampling_project(proj: Path) -> None:
     from tasks.encoder import save_encoder
     from tasks.train_generator import build_pipeline
     torch.manual_seed(0)
-    gp = {"resolution": 16, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1, "attention_head_dim": 8,
+    gp = {"resolution": resolution, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1, "attention_head_dim": 8,
                                      "norm_num_groups": 8}, "conditioner_dims": [32, 32], "num_train_timesteps": 1000}
     art = proj / "artifacts"
     build_pipeline(gp, embedding_dim=16).save_pretrained(art / "generator" / "pipeline")
     rng = np.random.default_rng(0)
     e = rng.standard_normal((12, 16))
     np.savez(art / "generator" / "real_stats.npz", embeddings=e / np.linalg.norm(e, axis=1, keepdims=True), labels=np.arange(12) // 3)
-    save_encoder(IResNet((1, 1), (8, 16), 16, 16).eval(), {"layers": [1, 1], "widths": [8, 16], "input_size": 16,
-                                                             "embedding_dim": 16}, art / "encoder")
+    save_encoder(IResNet((1, 1), (8, 16), 16, 16).eval(), {"kind": "iresnet", "arch": {
+        "layers": [1, 1], "widths": [8, 16], "input_size": 16, "embedding_dim": 16}}, art / "encoder")  # loadable: guidance
     (art / "align").mkdir(parents=True)
     pd.DataFrame(rng.uniform(-1, 1, (20, 3)), columns=["yaw", "pitch", "roll"]).to_parquet(art / "align" / "attributes.parquet")
 

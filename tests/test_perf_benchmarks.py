@@ -1,0 +1,138 @@
+"""The performance benchmarks (benchmarks/*.py) run end to end on tiny real inputs: every figure is there,
+rates are positive and ratios sane. No timing thresholds: this checks the measuring, not the machine."""
+import json
+import math
+
+import pytest
+
+from conftest import colour_faces, tiny_sampling_project
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    """A tiny project's artifacts (generator, encoder, attribute pool) plus a real-format training shard
+    and manifest under align/, as the align stage writes them."""
+    from tasks.shards import write_shards
+    proj = tmp_path_factory.mktemp("bench") / "proj"
+    tiny_sampling_project(proj)
+    samples, manifest = colour_faces(identities=4, per_identity=20)
+    infos = write_shards(samples, proj / "artifacts" / "align", "faces-train", 1000)
+    manifest["split"], manifest["shard"] = "train", infos[0]["shard"]
+    manifest.to_parquet(proj / "artifacts" / "align" / "manifest.parquet")
+    return proj / "artifacts"
+
+
+def tiny_params(**sample):
+    from benchmarks.common import ROOT
+    from tasks.params import load_params
+    p = load_params(ROOT / "params.yaml")
+    p["sample"].update({"embeddings_per_identity": 2, "images_per_embedding": 1, "anchor_iters": 10, "privacy_threshold": 0.9,
+                        "num_inference_steps": 2, "batch_size": 4, **sample})
+    p["train_fr"].update({"batch_size": 16, "val_fraction": 0.0})
+    return p
+
+
+def positive(*xs):
+    return all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in xs)
+
+
+def test_machine_and_result_document(tmp_path):
+    from benchmarks.common import Bench
+    b = Bench("probe", "cpu", {"size": 1})
+    b.result["figure"] = 1.5
+    doc = json.loads(b.write(tmp_path).read_text())
+    m = doc["machine"]
+    assert m["cpu_cores"] >= 1 and m["hostname"] and m["cpu_model"] and m["torch"] and m["torch_threads"] >= 1
+    assert len(doc["load_average_start"]) == len(doc["load_average_end"]) == 3 and doc["figure"] == 1.5
+
+
+def test_sampler_sweep_scores_every_sampler_on_the_same_plan(art):
+    from benchmarks.sampler_sweep import sweep
+    samplers = [("ddpm", 8), ("ddim", 50), ("ddim", 10), ("dpmsolver++", 10)]
+    out = sweep(art, tiny_params()["sample"], identities=2, embeddings=2, images=1, ddpm_images=3, samplers=samplers,
+                real_faces=8, log=lambda s: None)
+    runs = out["runs"]
+    assert set(runs) == {"ddpm-8", "ddim-50", "ddim-10", "dpmsolver++-10"}
+    for name, r in runs.items():
+        assert r["nfe_per_image"] == r["steps"] and r["encoder_calls_per_image"] == r["steps"]  # guided: one f per step
+        assert positive(r["images_per_s"], r["seconds_per_step_per_image"])
+        assert r["subset"]["images"] == 3 and -1 <= r["subset"]["consistency"] <= 1
+        assert 0 <= r["subset"]["saturated_pixel_share"] <= 1
+    assert runs["ddim-50"]["all"]["images"] == 4 and 0 <= runs["ddim-50"]["all"]["diversity_pixel_rms"] <= 1
+    v = out["verdict"]
+    assert v["reference"] == "ddim-50" and isinstance(v["target_holds"], bool) and v["favoured"] in runs
+    assert set(v["candidates"]) <= {"ddim-10", "dpmsolver++-10"} and set(v["meeting_target"]) <= set(v["candidates"])
+
+
+def test_throughput_measures_each_step_against_its_limit(art, lfw_files, tmp_path):
+    from benchmarks.throughput import run
+    p = tiny_params()
+    out = run(art, p, lfw_files, align_images=2, sample_images=2, train_images=64, write_images=40, scratch=tmp_path,
+              matmul_seconds=0.2, log=lambda s: None)
+    assert positive(out["matmul"]["fp32"]["flops_per_s"])
+    assert out["align"]["images"] == 2 and positive(out["align"]["images_per_s"], out["align"]["ratio_to_limit"])
+    s = out["sample"]
+    assert s["nfe_per_image"] == p["sample"]["num_inference_steps"]
+    assert positive(s["images_per_s"], s["unet_flops_per_call_per_image"], s["unet_ratio_to_matmul"])
+    assert s["guided_step_flops_per_image"] > s["unet_flops_per_call_per_image"]  # + encoder and backward
+    assert 0 < s["unet_ratio_to_matmul"] <= 2 and 0 < out["train_fr"]["ratio_to_matmul"] <= 2
+    assert positive(out["train_fr"]["images_per_s"], out["train_fr"]["flops_per_image"])
+    assert out["read"]["images"] == 80 - 80 % 16 and 0 < out["read"]["ratio_to_limit"] <= 2
+    assert out["write"]["images"] == 40 and positive(out["write"]["mb_per_s"], out["write"]["limit_mb_per_s"])
+
+
+def test_throughput_builds_a_random_generator_from_params_when_none_is_trained(art, tmp_path):
+    """The paper-scale path (no trained generator): UNet and encoder from the params file."""
+    from benchmarks.throughput import rates_for, sample_throughput
+    p = tiny_params()
+    p["generator"].update({"resolution": 16, "unet": {"block_out_channels": [8, 8], "layers_per_block": 1,
+                                                      "attention_head_dim": 4, "norm_num_groups": 4}})
+    p["encoder"]["arch"].update({"layers": [1, 1], "widths": [8, 8], "input_size": 16})
+    (tmp_path / "align").mkdir()
+    s = sample_throughput(tmp_path, p, 2, "cpu", rates_for("cpu", "fp32", 0.2))
+    assert s["weights"].startswith("random init") and s["resolution"] == 16 and positive(s["all_flops_per_s"])
+
+
+def test_overhead_of_noop_and_cached_runs(tmp_path, prefect_api):
+    from benchmarks.overhead import measure
+    out = measure(tmp_path, {"num_identities": 2, "num_inference_steps": 1}, api_url=prefect_api, log=lambda s: None)
+    assert out["first_dvc_repro"]["share_of_first_run"] == 1.0
+    for k in ("noop_dvc_repro", "noop_dvc_status", "cached_rerun", "dry_run_params"):
+        assert positive(out[k]["seconds"]) and 0 < out[k]["share_of_first_run"] < 5
+
+
+def test_scaling_streams_blocks(tmp_path, prefect_api):
+    """Wall time and memory against identities; at exit the stage holds at most one block's images."""
+    from benchmarks.scaling import scaling
+    out = scaling(tmp_path, base=2, factors=(1, 2), resolution=16,
+                  sample={"num_inference_steps": 1, "block_size": 1, "batch_size": 4}, api_url=prefect_api, log=lambda s: None)
+    assert [p["identities"] for p in out["points"]] == [2, 4] and [p["blocks"] for p in out["points"]] == [2, 4]
+    assert all(positive(p["seconds"], p["flow_seconds"], p["peak_rss_mib"]) for p in out["points"])
+    assert all(p["held_at_exit"]["blocks"] <= 1 for p in out["points"])
+    assert out["held_share_of_images_largest"] <= 0.5 and "slope" in out["seconds_fit"] and out["peak_rss_growth"] > 0
+
+
+def test_optimisation_variants_against_the_code_as_is(art):
+    from benchmarks.optimisations import collection_cost, loader_workers, sampling_variants
+    p = tiny_params()
+    s = sampling_variants(art, p["sample"], 4, "cpu", compile_unet=False, log=lambda s: None)
+    names = [v["variant"] for v in s["variants"]]
+    assert names[0] == "as is" and names[-1] == "as is, again" and "channels_last" in names
+    assert all(positive(v["speedup"]) and isinstance(v["png_identical"], bool) for v in s["variants"][1:])
+    assert s["variants"][-1]["png_identical"]  # sampling is deterministic run to run
+    w = loader_workers(art, p["train_fr"], 64, "cpu")
+    assert w["identical_weights"] and positive(w["speedup"])
+    g = collection_cost(repeat=2)
+    assert g["tracked_objects"] > 0 and positive(g["collect"]["best_s"])
+
+
+def test_dvc_ignores_benchmark_scripts_and_results():
+    """benchmarks/ is evaluate's dependency folder (the .bin files): scripts and results must not make it stale."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from benchmarks.common import ROOT
+    dvc = Path(sys.executable).parent / "dvc"
+    r = subprocess.run([str(dvc), "check-ignore", "benchmarks/x.py", "benchmarks/results/x.json", "benchmarks/lfw.bin"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.stdout.split() == ["benchmarks/x.py", "benchmarks/results/x.json"], r.stdout + r.stderr
