@@ -23,14 +23,12 @@ sampler with 10-20 NFE stays within 1% of DDIM-50's judge consistency, and which
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, Bench, RowCounter, common_args, wait_until_idle  # noqa: E402
@@ -39,7 +37,7 @@ from tasks.judge import DlibJudge, centred_unit  # noqa: E402
 from tasks.params import load_params  # noqa: E402
 from tasks.quality import loo_cos_to_centre, pair_cosines  # noqa: E402
 from tasks.sample import plan_identities, render_block  # noqa: E402
-from tasks.shards import iter_images  # noqa: E402
+from tasks.shards import decode_image, iter_images  # noqa: E402
 
 SAMPLERS = [("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmsolver++", 20), ("dpmsolver++", 10)]
 REFERENCE = "ddim-50"
@@ -71,7 +69,7 @@ def judge_reference_mean(judge: DlibJudge, art: Path, faces: int) -> np.ndarray:
 
 
 def decode_pngs(samples: list[dict]) -> np.ndarray:
-    return np.stack([np.asarray(Image.open(io.BytesIO(s["png"])).convert("RGB")) for s in samples])
+    return np.stack([decode_image(s["png"]) for s in samples])
 
 
 def quality(emb: np.ndarray, identity: np.ndarray, pixels: np.ndarray) -> dict:
