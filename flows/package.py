@@ -44,6 +44,8 @@ from . import ROOT
 from .common import RunRecord, device, params, stage_dir
 from .judging import detect_set, judge_set
 
+CONDITIONS = ("yaw", "pitch", "roll", "m")  # plan columns the generator was conditioned on: ID3's pose, CemiFace's m
+
 def judged_keys(keys: np.ndarray, labels: np.ndarray, per_identity: int) -> list[str]:
     """The first `per_identity` keys of every identity (0: all) - the faces the slow judge describes."""
     if per_identity <= 0:
@@ -139,6 +141,7 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     # 6. shards: streamed block by block in plan order, never the whole set decoded
     ext = p["image_format"]
     by_key = kept.set_index("key")
+    conditions = [c for c in CONDITIONS if c in kept.columns]  # what the generator was conditioned on, per method
 
     def samples():
         for b in blocks:
@@ -149,7 +152,7 @@ def package_flow(params_path: str = "params.yaml") -> dict:
                     yield {"__key__": k, ext: s["png"] if ext == "png" else to_jpeg(s["png"]), "cls": int(r["label"]),
                            "json": {"identity": int(r["owner_identity"]), "label": int(r["label"]), "anchor": int(r["anchor"]),
                                     "embedding": int(r["embedding"]), "image": int(r["image"]), "seed": int(r["seed"]),
-                                    "yaw": float(r["yaw"]), "pitch": float(r["pitch"]), "roll": float(r["roll"])}}
+                                    **{c: float(r[c]) for c in conditions}}}
 
     shards = write_shards(samples(), out, "synthface", p["shard_size"])
     kept["shard"] = [s["shard"] for s in shards for _ in range(s["count"])]

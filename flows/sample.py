@@ -1,4 +1,5 @@
-"""sample stage: anchors -> identity embeddings -> images, fanned out over blocks of identities.
+"""sample stage: anchors -> identity embeddings -> images, fanned out over blocks of identities, with the
+generator artifacts/generator holds (ID3 or CemiFace: tasks/sample.py).
 
     python -m flows sample    # params [sample]; artifacts/{generator,encoder,align} -> artifacts/sample
 
@@ -23,10 +24,10 @@ from prefect import flow, get_run_logger, task
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
-from models.id3 import ID3Pipeline
+from models import load_pipeline, pipeline_class
 from tasks.encoder import load_encoder
 from tasks.io import write_npy, write_parquet
-from tasks.sample import plan_identities, render_block
+from tasks.sample import guidance, plan_identities, render_block
 from tasks.shards import file_lock, write_tar_if_changed
 
 from . import ROOT
@@ -40,7 +41,7 @@ _MODELS: dict = {}
 def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool, dev: str):
     key = (str(pipeline_dir), str(encoder_dir), dev)  # loaded once per worker process and device
     if key not in _MODELS:
-        _MODELS[key] = (ID3Pipeline.from_pretrained(pipeline_dir), load_encoder(encoder_dir, dev) if need_encoder else None)
+        _MODELS[key] = (load_pipeline(pipeline_dir), load_encoder(encoder_dir, dev) if need_encoder else None)
     return _MODELS[key]
 
 
@@ -52,7 +53,7 @@ def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embe
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
     with task_device() as dev:
         get_run_logger().warning(f"sample: rendering identities {identities[0]}-{identities[-1]} (pid {os.getpid()}, {dev})")
-        pipe, enc = _models(pipeline_dir, encoder_dir, p["id_weight"] > 0, dev)
+        pipe, enc = _models(pipeline_dir, encoder_dir, guidance(p, pipeline_class(pipeline_dir).METHOD)["id_weight"] > 0, dev)
         plan = {"anchors": np.load(anchors_file), "embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
         return render_block(pipe, enc, plan, identities, p, dev)
 
@@ -74,7 +75,8 @@ def _sample(params_path: str, ex: dict) -> dict:
     out = stage_dir("sample")
     rec = RunRecord("sample", p, out, {"generator": gen, "encoder": enc, "attributes": ROOT / "artifacts" / "align" / "attributes.parquet"})
     pool = pd.read_parquet(ROOT / "artifacts" / "align" / "attributes.parquet")[["yaw", "pitch", "roll"]].to_numpy()
-    plan = plan_identities(dict(np.load(gen / "real_stats.npz")), p, pool)
+    method = pipeline_class(gen / "pipeline").METHOD  # the generator says which method's plan it renders
+    plan = plan_identities(dict(np.load(gen / "real_stats.npz")), p, pool, method)
     ids = list(range(p["num_identities"]))
     blocks = [ids[i:i + p["block_size"]] for i in range(0, len(ids), p["block_size"])]
     block_of = {i: b for b, blk in enumerate(blocks) for i in blk}
@@ -114,7 +116,7 @@ def _sample(params_path: str, ex: dict) -> dict:
         gc.unfreeze()
         for _, lock in pending.values():
             lock.close()
-    return rec.finish(images=len(plan["rows"]), blocks=len(blocks), anchor_stats=plan["anchor_stats"])
+    return rec.finish(method=method, images=len(plan["rows"]), blocks=len(blocks), anchor_stats=plan["anchor_stats"])
 
 
 def _write_block(tar: Path, samples: list[dict], prog: Progress, b: int, n: int) -> None:

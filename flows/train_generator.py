@@ -1,13 +1,18 @@
-"""train_generator stage: the identity-conditioned diffusion generator (generator.method; ID3 now).
+"""train_generator stage: the identity-conditioned diffusion generator of generator.method (id3 | cemiface).
 
     python -m flows train-generator   # params [generator]; artifacts/{align,encoder} -> artifacts/generator
 
-Writes artifacts/generator/pipeline (diffusers format: `ID3Pipeline.from_pretrained`) and
+Writes artifacts/generator/pipeline (diffusers format: `models.load_pipeline`) and
 real_stats.npz (the encoder's embeddings, labels and keys of the real training faces, for anchors).
 Conditioning attributes come from the align stage's pool, artifacts/align/attributes.parquet.
-Checkpoints go to artifacts/generator_ckpt (kept between runs), so a killed run resumes.
+Checkpoints go to CHECKPOINTS/train_generator-<content key> (flows/__init__.py; never a stage output, so
+switching between experiments leaves the stage's outputs as DVC cached them), so a killed run resumes;
+the folder is removed once the outputs are written.
 """
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,11 +20,17 @@ from prefect import flow, get_run_logger, task
 
 from tasks.encoder import load_encoder
 from tasks.io import atomic_path
-from tasks.train_generator import build_pipeline, real_embeddings, train_id3
+from tasks.train_generator import build_pipeline, real_embeddings, train_generator
 
-from . import ROOT
+from . import CHECKPOINTS, ROOT
 from .caching import content_key
 from .common import Progress, RunRecord, device, params, stage_dir
+
+
+def checkpoint_dir(shards: list, encoder_dir, attributes, p: dict) -> Path:
+    """One folder per (code, inputs, params): a changed input or method never resumes a stale run."""
+    key = content_key(None, {"shards": list(shards), "encoder": encoder_dir, "attributes": attributes, "p": p})
+    return CHECKPOINTS / f"train_generator-{key[:16]}"
 
 
 @task(cache_key_fn=content_key, persist_result=True)
@@ -32,8 +43,8 @@ def train_generator_task(shards: list, encoder_dir, attributes, p: dict) -> tupl
     emb_of = dict(zip(keys, embs))
     attr_of = {k: np.array([y, pi, r], np.float32) for k, y, pi, r in zip(pool["key"], pool["yaw"], pool["pitch"], pool["roll"])}
     fingerprint = content_key(None, {"shards": list(shards), "encoder": encoder_dir, "attributes": attributes})
-    pipe, stats = train_id3(shards, emb_of, attr_of, len(pool), enc, p, ROOT / "artifacts" / "generator_ckpt", dev, log.warning,
-                            fingerprint, Progress("train_generator").fraction)
+    pipe, stats = train_generator(shards, emb_of, attr_of, len(pool), enc, p, checkpoint_dir(shards, encoder_dir, attributes, p),
+                                  dev, log.warning, fingerprint, Progress("train_generator").fraction)
     real = {"embeddings": embs, "labels": labels, "keys": np.array(keys)}
     return {"unet": pipe.unet.state_dict(), "conditioner": pipe.conditioner.state_dict()}, real, stats
 
@@ -55,5 +66,6 @@ def train_generator_flow(params_path: str = "params.yaml") -> dict:
     with atomic_path(out / "real_stats.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **real)
+    shutil.rmtree(checkpoint_dir(shards, enc_dir, align / "attributes.parquet", p), ignore_errors=True)  # the outputs hold it
     return rec.finish(training=stats, num_parameters={"unet": sum(x.numel() for x in pipe.unet.parameters()),
                                                       "conditioner": sum(x.numel() for x in pipe.conditioner.parameters())})

@@ -19,7 +19,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 from torch.nn import functional as F
 
-from .identities import derive_seed
+from .identities import ATTRIBUTES, derive_seed
 
 
 class ID3Conditioner(ModelMixin, ConfigMixin):
@@ -206,6 +206,9 @@ class ID3Pipeline(DiffusionPipeline):
     does METHODS.md steps 2-4 from an anchor file (e.g. artifacts/sample/anchors.npy) outside the DAG.
     """
 
+    METHOD = "id3"  # generator.method
+    CONDITION = ATTRIBUTES  # the plan-row columns fed to the conditioner beside the identity embedding
+
     def __init__(self, unet, conditioner: ID3Conditioner, scheduler):
         super().__init__()
         self.register_modules(unet=unet, conditioner=conditioner, scheduler=scheduler)
@@ -265,7 +268,7 @@ class ID3Pipeline(DiffusionPipeline):
             # reduction order by batch shape, so a fixed shape keeps an image's bytes independent of the subset
             part = part + [part[-1]] * (batch_size - n)
             emb = torch.stack([y[r["identity"], r["embedding"]] for r in part])
-            att = torch.tensor([[r["yaw"], r["pitch"], r["roll"]] for r in part], dtype=torch.float32)
+            att = torch.tensor([[r[c] for c in self.CONDITION] for r in part], dtype=torch.float32)
             own = torch.zeros(len(part), len(others), dtype=torch.bool)
             own[torch.arange(len(part)), torch.tensor([r["identity"] for r in part])] = True
             out = self(emb, att, [r["seed"] for r in part], others=others, exclude=own, output_type=output_type, **sampling)

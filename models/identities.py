@@ -3,6 +3,7 @@ draws and per-image seeds. Pure numpy, shared by the sample stage and `ID3Pipeli
 
     y = identity_embeddings(anchors, m, v_low, v_high, seed)       # (n, m, d), <y_ij, w_i> in [v_low, v_high]
     rows = plan_rows(n, m, k, attribute_pool, seed)                # one dict per image: key, seeds, attributes
+    rows = plan_similarity_rows(n, k, sims, seed)                  # CemiFace: one similarity m per image instead
 
 Every seed is derive_seed(global seed, kind, identity, embedding[, image]): never a batch position, so
 any subset of identities regenerates byte-identically.
@@ -52,3 +53,14 @@ def plan_rows(n: int, m: int, k: int, attribute_pool: np.ndarray, seed: int, ide
                 rows.append({"key": f"id{i:06d}_{j:03d}_{r:03d}", "identity": int(i), "embedding": j, "image": r,
                              "seed": derive_seed(seed, "image", i, j, r), **{a_: float(v) for a_, v in zip(ATTRIBUTES, a)}})
     return rows
+
+
+def plan_similarity_rows(n: int, k: int, sims, seed: int, identities=None) -> list[dict]:
+    """CemiFace's plan: one row per image of each inquiry identity (its only embedding, index 0), image r at
+    similarity m = sims[r % len(sims)], seeded as plan_rows seeds its images."""
+    sims = [float(v) for v in sims]
+    if not sims or any(not -1 <= v <= 1 for v in sims):
+        raise ValueError(f"similarities m must be a non-empty list in [-1, 1], got {sims}")
+    return [{"key": f"id{i:06d}_000_{r:03d}", "identity": int(i), "embedding": 0, "image": r,
+             "seed": derive_seed(seed, "image", i, 0, r), "m": sims[r % len(sims)]}
+            for i in (range(n) if identities is None else identities) for r in range(k)]

@@ -1,7 +1,8 @@
-"""Identity anchors and per-identity embeddings for synthetic identities (METHODS.md section 1).
+"""Identity anchors and per-identity embeddings for synthetic identities (METHODS.md sections 1, 2).
 
     anchors, stats = tammes_anchors(n, real_embeddings, real_centres, privacy_threshold, iters, seed)
     y = identity_embeddings(anchors, m, v_low, v_high, seed)     # (n, m, d), <y, w_i> in [v_low, v_high]
+    inquiries, stats = real_inquiries(n, real_embeddings, real_labels, max_cos, seed)   # CemiFace's real inquiries
 
 Tammes-style: start from a Gaussian fitted to real embeddings, then projected gradient descent on a
 soft-max repulsion energy, with a penalty that keeps anchors inside the cone real embeddings occupy
@@ -110,3 +111,29 @@ def enforce_margin(x: torch.Tensor, centres: torch.Tensor, threshold: float, pas
     raise ValueError(f"privacy margin unreachable: {int((cos.max(1).values > limit).sum())} anchor(s) stay above cosine "
                      f"{limit:.3f} to a real training identity after {passes} projections (raise sample.privacy_threshold "
                      f"or use fewer identities)")
+
+
+def real_inquiries(n: int, embeddings: np.ndarray, labels: np.ndarray, max_cos: float, seed: int) -> tuple[np.ndarray, dict]:
+    """CemiFace's real inquiry faces: at most one face per real identity, taken greedily in a seeded random
+    order while its cosine to every face already taken stays below `max_cos` (the paper: 0.3). Returns the
+    n inquiry embeddings and stats; raises when the real faces cannot give n such identities."""
+    emb = np.asarray(embeddings, dtype=np.float64)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    order = np.random.default_rng(derive_seed(seed, "inquiries")).permutation(len(emb))
+    taken, seen = [], set()
+    for i in order:
+        if labels[i] in seen or (taken and float((emb[taken] @ emb[i]).max()) >= max_cos):
+            continue
+        taken.append(i)
+        seen.add(labels[i])
+        if len(taken) == n:
+            break
+    if len(taken) < n:
+        raise ValueError(f"sample.cemiface: only {len(taken)} real training faces of distinct identities are pairwise below "
+                         f"cosine {max_cos} (need sample.num_identities = {n}): lower num_identities, raise "
+                         "cemiface.inquiry_max_cosine or use inquiry: anchors")
+    x = emb[taken]
+    c = x @ x.T
+    np.fill_diagonal(c, -1)
+    return x, {"inquiry": "real", "max_pairwise_cos": float(c.max()) if n > 1 else None,
+               "real_identities": [int(labels[i]) for i in taken]}

@@ -92,13 +92,14 @@ SCHEMA = {
     },
     "encoder": {"pretrained": S(optional=True), **FR_TRAIN},
     "generator": {
-        "method": S(["id3"]), "resolution": I(8, 512),
+        "method": S(["id3", "cemiface"]), "resolution": I(8, 512),
         "unet": {"block_out_channels": L(I(1)), "layers_per_block": I(1), "attention_head_dim": I(1),
                  "norm_num_groups": I(1)},
         "conditioner_dims": L(I(1)), "cond_drop": F(0.0, 1.0), "steps": I(1), "batch_size": I(1),
         "lr": F(0.0), "ema_decay": F(0.0, 1.0), "checkpoint_every": I(1), "lambda_scale": F(0.0),
         "kappa_scale": F(0.0), "id_schedule": S(["logistic", "linear", "constant"]), "num_train_timesteps": I(2),
         "seed": I(0),
+        "cemiface": {"context_dim": I(1), "sim_weight": F(0.0), "sim_grid_step": F(0.001, 1.0)},
     },
     "sample": {
         "num_identities": I(2), "embeddings_per_identity": I(1), "images_per_embedding": I(1),
@@ -107,6 +108,7 @@ SCHEMA = {
         "guidance_scale": F(0.0), "id_weight": F(0.0), "beta": F(0.0), "guidance_schedule": S(["x0", "constant"]),
         "block_size": I(1), "batch_size": I(1),
         "seed": I(0),
+        "cemiface": {"m": L(F(-1.0, 1.0)), "inquiry": S(["anchors", "real"]), "inquiry_max_cosine": F(-1.0, 1.0)},
     },
     "package": {"shard_size": I(1), "image_format": S(["png", "jpg"]),
                 # the filters (flows/package.py); an unset threshold is calibrated on the real training faces
@@ -144,6 +146,11 @@ def validate(raw: dict) -> dict:
         raise ParamsError("align.eval_folds: must not share a fold with align.train_folds (folds are person-disjoint)")
     if len(p["generator"]["conditioner_dims"]) < 1:
         raise ParamsError("generator.conditioner_dims: needs at least one layer width")
+    step = p["generator"]["cemiface"]["sim_grid_step"]
+    if abs(round(2 / step) * step - 2) > 1e-6:
+        raise ParamsError(f"generator.cemiface.sim_grid_step: {step} does not divide [-1, 1] evenly (the paper: 0.04)")
+    if not p["sample"]["cemiface"]["m"]:
+        raise ParamsError("sample.cemiface.m: needs at least one similarity")
     if p["sample"]["v_low"] > p["sample"]["v_high"]:
         raise ParamsError("sample.v_low: must not exceed sample.v_high")
     src = p["align"]["train_source"]

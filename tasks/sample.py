@@ -1,8 +1,13 @@
-"""Sample synthetic identities from a trained generator: plan (anchors, embeddings, attributes, seeds)
+"""Sample synthetic identities from a trained generator: plan (anchors, embeddings, conditions, seeds)
 and render one block of identities to PNG bytes.
 
-    plan = plan_identities(real_stats, params["sample"], pool)  # deterministic from the seed; pool: real attributes
+    plan = plan_identities(real_stats, params["sample"], pool, method)  # deterministic; pool: real attributes
     samples = render_block(pipe, encoder, plan, identities=[0, 1, ...], p=params["sample"])
+
+ID3 (METHODS.md 1): m embeddings around each anchor, each with attributes drawn from the real pool,
+rendered with the ID-preserving gradient field. CemiFace (2): each identity is one inquiry embedding
+(an anchor, or a real training face with [cemiface] inquiry: real) rendered at similarity m, plain
+sampling as in the paper. Both give num_identities x embeddings_per_identity x images_per_embedding images.
 
 Each image's noise seed is derive_seed(global seed, identity, embedding, image): any subset of
 identities regenerates byte-identically, whatever the block or batch it falls in.
@@ -14,21 +19,33 @@ import io
 import numpy as np
 from PIL import Image
 
-from models.identities import identity_embeddings, plan_rows
+from models.identities import identity_embeddings, plan_rows, plan_similarity_rows
 from .identity import centres as identity_centres
-from .anchors import private_random_anchors, tammes_anchors
+from .anchors import private_random_anchors, real_inquiries, tammes_anchors
+
+METHODS = ("id3", "cemiface")
 
 
-def plan_identities(real: dict, p: dict, pool: np.ndarray) -> dict:
-    """Anchors (Tammes or random, below the privacy threshold either way), per-identity embeddings and one
-    row per image; `real` holds the encoder's embeddings and labels of the real training faces, `pool` the
-    real attribute pool (N x 3) that sampling draws from."""
+def plan_identities(real: dict, p: dict, pool: np.ndarray, method: str = "id3") -> dict:
+    """Anchors (Tammes or random, below the privacy threshold either way; or CemiFace's real inquiries),
+    per-identity embeddings and one row per image; `real` holds the encoder's embeddings and labels of the
+    real training faces, `pool` the real attribute pool (N x 3) that ID3 draws from."""
+    if method not in METHODS:
+        raise ValueError(f"sample: no plan for generator method {method!r} (one of {METHODS})")
     emb, labels = real["embeddings"], real["labels"]
     _, centres = identity_centres(emb, labels)
+    images = p["embeddings_per_identity"] * p["images_per_embedding"]
+    if method == "cemiface" and p["cemiface"]["inquiry"] == "real":
+        inq, stats = real_inquiries(p["num_identities"], emb, labels, p["cemiface"]["inquiry_max_cosine"], p["seed"])
+        return {"anchors": inq, "embeddings": inq[:, None, :], "anchor_stats": stats,
+                "rows": plan_similarity_rows(p["num_identities"], images, p["cemiface"]["m"], p["seed"])}
     if p["anchors"] == "tammes":
         anchors, stats = tammes_anchors(p["num_identities"], emb, centres, p["privacy_threshold"], p["anchor_iters"], p["seed"])
     else:  # the ablation: no repulsion, but the privacy margin still holds
         anchors, stats = private_random_anchors(p["num_identities"], emb.shape[1], centres, p["privacy_threshold"], p["seed"])
+    if method == "cemiface":  # the anchors themselves are the inquiry identities
+        return {"anchors": anchors, "embeddings": anchors[:, None, :], "anchor_stats": stats,
+                "rows": plan_similarity_rows(p["num_identities"], images, p["cemiface"]["m"], p["seed"])}
     y = identity_embeddings(anchors, p["embeddings_per_identity"], p["v_low"], p["v_high"], p["seed"])
     rows = plan_rows(p["num_identities"], p["embeddings_per_identity"], p["images_per_embedding"], pool, p["seed"])
     return {"anchors": anchors, "embeddings": y, "rows": rows, "anchor_stats": stats}
@@ -41,13 +58,20 @@ def to_png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def guidance(p: dict, method: str) -> dict:
+    """The sampling knobs of a method: ID3 takes [sample]'s guidance; CemiFace samples plainly (the paper)."""
+    if method == "cemiface":
+        return {"guidance_scale": 1.0, "id_weight": 0.0, "beta": 0.0, "guidance_schedule": p["guidance_schedule"]}
+    return {k: p[k] for k in ("guidance_scale", "id_weight", "beta", "guidance_schedule")}
+
+
 def render_block(pipe, encoder, plan: dict, identities: list[int], p: dict, device: str = "cpu") -> list[dict]:
-    """PNG-encoded samples for the given identities, in plan order."""
+    """PNG-encoded samples for the given identities, in plan order; the pipeline's class says the method."""
+    method = pipe.METHOD
     wanted = set(identities)
     rows = [r for r in plan["rows"] if r["identity"] in wanted]
     pipe.to(device)
     pipe.unet.eval(); pipe.conditioner.eval()
     x = pipe.render_rows(plan["embeddings"], plan["anchors"], rows, p["batch_size"], num_inference_steps=p["num_inference_steps"],
-                         sampler=p["sampler"], guidance_scale=p["guidance_scale"], id_weight=p["id_weight"], beta=p["beta"],
-                         encoder=encoder, guidance_schedule=p["guidance_schedule"], output_type="np")
+                         sampler=p["sampler"], encoder=encoder, output_type="np", **guidance(p, method))
     return [{**r, "png": to_png(img)} for r, img in zip(rows, x)]

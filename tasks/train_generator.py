@@ -1,10 +1,12 @@
-"""Train the ID3 generator (METHODS.md section 1) on real aligned faces; resumable, EMA, diffusers format.
+"""Train the ID3 or CemiFace generator (METHODS.md sections 1, 2) on real aligned faces; resumable, EMA,
+diffusers format.
 
-    pipe, stats = train_id3(shards, keys, embeddings, attributes, params["generator"], ckpt_dir, device, log)
+    pipe, stats = train_generator(shards, emb_of, attr_of, n, encoder, params["generator"], ckpt_dir, device, log)
     pipe.save_pretrained("artifacts/generator/pipeline")
 
 Identity embeddings y come from the frozen encoder on each training face at the generator's resolution
-(what the generator can reproduce); attributes s are the pose (yaw, pitch, roll) from the align stage.
+(what the generator can reproduce). ID3 also conditions on attributes s, the pose (yaw, pitch, roll)
+from the align stage; CemiFace on a similarity m drawn from its grid (models/cemiface.py).
 A checkpoint (weights, EMA, optimiser, step, RNG) is written atomically every `checkpoint_every` steps
 and resumed from only when its configuration hash matches (params, and the caller's fingerprint of
 data, encoder and code).
@@ -21,6 +23,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch.nn import functional as F
 
+from models.cemiface import CemiConditioner, CemiFacePipeline, cemiface_loss
 from models.id3 import ID3Conditioner, ID3Pipeline, id3_loss
 from .fr_train import _sample_to_tensor, loader
 from .io import atomic_path
@@ -28,7 +31,8 @@ from .params import params_hash
 from .shards import read_tar
 
 
-def build_unet(p: dict, context_dim: int) -> UNet2DConditionModel:
+def build_unet(p: dict, context_dim: int, time_scale_shift: str = "default") -> UNet2DConditionModel:
+    """"scale_shift" feeds the timestep to each ResNet block as AdaGN (CemiFace); "default" adds it (ID3)."""
     ch = tuple(p["unet"]["block_out_channels"])
     n = len(ch)
     return UNet2DConditionModel(
@@ -37,15 +41,20 @@ def build_unet(p: dict, context_dim: int) -> UNet2DConditionModel:
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
         cross_attention_dim=context_dim, attention_head_dim=p["unet"]["attention_head_dim"],
-        norm_num_groups=p["unet"]["norm_num_groups"],
+        norm_num_groups=p["unet"]["norm_num_groups"], resnet_time_scale_shift=time_scale_shift,
     )
 
 
 def build_pipeline(p: dict, embedding_dim: int, attribute_dim: int = 3) -> ID3Pipeline:
-    cond = ID3Conditioner(embedding_dim=embedding_dim, attribute_dim=attribute_dim, hidden_dims=tuple(p["conditioner_dims"]))
-    unet = build_unet(p, cond.context_dim)
+    """The untrained generator of p["method"]: ID3Pipeline or CemiFacePipeline (a subclass)."""
     sched = DDPMScheduler(num_train_timesteps=p["num_train_timesteps"], beta_schedule="linear", clip_sample=True)
-    return ID3Pipeline(unet=unet, conditioner=cond, scheduler=sched)
+    if p["method"] == "cemiface":
+        cond = CemiConditioner(embedding_dim=embedding_dim, sim_dim=embedding_dim, context_dim=p["cemiface"]["context_dim"])
+        return CemiFacePipeline(unet=build_unet(p, cond.context_dim, "scale_shift"), conditioner=cond, scheduler=sched)
+    if p["method"] != "id3":
+        raise ValueError(f"generator.method {p['method']!r}: build_pipeline makes id3 and cemiface generators")
+    cond = ID3Conditioner(embedding_dim=embedding_dim, attribute_dim=attribute_dim, hidden_dims=tuple(p["conditioner_dims"]))
+    return ID3Pipeline(unet=build_unet(p, cond.context_dim), conditioner=cond, scheduler=sched)
 
 
 def to_resolution(x: torch.Tensor, res: int) -> torch.Tensor:
@@ -79,11 +88,13 @@ def _ordered(shards, batch_size):
         yield torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch]), [b[2] for b in batch]
 
 
-def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[str, np.ndarray], num_samples: int,
+def train_generator(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[str, np.ndarray], num_samples: int,
               encoder, p: dict, ckpt_dir: Path, device: str = "cpu",
               log: Callable[[str], None] = print, fingerprint: str = "",
               progress: Callable[[float], None] | None = None) -> tuple[ID3Pipeline, dict]:
+    """ID3 (p["method"] == "id3") or CemiFace; `attr_of` (key -> yaw, pitch, roll) is read by ID3 only."""
     torch.manual_seed(p["seed"])
+    id3 = p["method"] == "id3"
     emb_dim = len(next(iter(emb_of.values())))
     pipe = build_pipeline(p, emb_dim)
     unet, cond, sched = pipe.unet.to(device), pipe.conditioner.to(device), pipe.scheduler
@@ -110,7 +121,7 @@ def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[s
         for x, _, keys in loader(shards, p["batch_size"], p["seed"], epoch, 0):
             if step >= p["steps"]:
                 break
-            if not all(k in attr_of for k in keys):  # a pre-aligned face whose pose is unknown: not in the pool
+            if id3 and not all(k in attr_of for k in keys):  # a pre-aligned face whose pose is unknown: not in the pool
                 known = [i for i, k in enumerate(keys) if k in attr_of]
                 if not known:
                     continue
@@ -119,10 +130,13 @@ def train_id3(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: dict[s
             flip = torch.rand(len(keys), generator=g) < 0.5  # flips keep identity, double the data
             x0 = torch.where(flip[:, None, None, None].to(device), x0.flip(3), x0)
             y = torch.from_numpy(np.stack([emb_of[k] for k in keys])).to(device)
-            s = torch.from_numpy(np.stack([attr_of[k] for k in keys])).float().to(device)
-            s[:, 0] = torch.where(flip.to(device), -s[:, 0], s[:, 0])  # mirrored yaw and roll
-            s[:, 2] = torch.where(flip.to(device), -s[:, 2], s[:, 2])
-            out = id3_loss(unet, cond, f, sched, x0, y, s, g, p["cond_drop"], p["lambda_scale"], p["kappa_scale"], p["id_schedule"])
+            if id3:
+                s = torch.from_numpy(np.stack([attr_of[k] for k in keys])).float().to(device)
+                s[:, 0] = torch.where(flip.to(device), -s[:, 0], s[:, 0])  # mirrored yaw and roll
+                s[:, 2] = torch.where(flip.to(device), -s[:, 2], s[:, 2])
+                out = id3_loss(unet, cond, f, sched, x0, y, s, g, p["cond_drop"], p["lambda_scale"], p["kappa_scale"], p["id_schedule"])
+            else:  # CemiFace trains without condition dropout (the paper samples without guidance)
+                out = cemiface_loss(unet, cond, f, sched, x0, y, g, p["cemiface"]["sim_weight"], p["cemiface"]["sim_grid_step"])
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -79,7 +79,7 @@ def tiny_sampling_project(proj: Path, resolution: int = 16) -> None:
     from tasks.encoder import save_encoder
     from tasks.train_generator import build_pipeline
     torch.manual_seed(0)
-    gp = {"resolution": resolution, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1, "attention_head_dim": 8,
+    gp = {"method": "id3", "resolution": resolution, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1, "attention_head_dim": 8,
                                      "norm_num_groups": 8}, "conditioner_dims": [32, 32], "num_train_timesteps": 1000}
     art = proj / "artifacts"
     build_pipeline(gp, embedding_dim=16).save_pretrained(art / "generator" / "pipeline")

@@ -9,7 +9,7 @@ from tasks.sample import plan_identities, render_block
 from tasks.train_generator import build_pipeline
 from models.id3 import id3_loss
 
-P = {"resolution": 16, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1, "attention_head_dim": 8,
+P = {"method": "id3", "resolution": 16, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1, "attention_head_dim": 8,
                                 "norm_num_groups": 8},
      "conditioner_dims": [32, 32, 32], "num_train_timesteps": 1000}
 S = {"num_identities": 3, "embeddings_per_identity": 2, "images_per_embedding": 1, "v_low": 0.7, "v_high": 0.9,

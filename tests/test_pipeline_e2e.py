@@ -1,6 +1,7 @@
 """End to end: `dvc repro` of the whole DAG on a micro configuration of real LFW faces, in a temporary
 copy of the project, both FR stages data-parallel over two processes. Then: a second repro is a no-op;
-an ablation experiment changing sample.* reruns only sample and what follows it; a .bin dropped into the
+an ablation experiment changing sample.* reruns only sample and what follows it; generator.method=cemiface
+reruns the generator and what follows it, and the method table compares it with ID3; a .bin dropped into the
 benchmarks folder reruns evaluate alone and becomes a report column (here the held-out pairs again, so
 its figures must equal lfw_heldout's exactly: reader and builder agree); align and package killed with
 SIGKILL and rerun give the same bytes; then the dataset product (check_dataset_product). Every stage
@@ -121,6 +122,7 @@ def test_dvc_repro_micro(tmp_path, prefect_api):
     exp_quality = json.loads((proj / "metrics" / "quality.json").read_text())
     run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
     run(["dvc", "checkout", "--quiet"], proj, env)
+    check_cemiface_experiment(proj, env, report)
     run([sys.executable, "-m", "flows.ablation"], proj, env)
     table = json.loads((proj / "metrics" / "ablation.json").read_text())
     assert [r["variant"][:3] for r in table["rows"]] == ["(a)", "(c)"]
@@ -144,6 +146,30 @@ def test_dvc_repro_micro(tmp_path, prefect_api):
 
     check_kill_and_rerun(proj, env)
     check_dataset_product(proj, env, p)
+
+
+def check_cemiface_experiment(proj: Path, env: dict, report: dict) -> None:
+    """Issue 6: one parameter selects CemiFace; the experiment retrains the generator and reruns what follows
+    it (never align, the encoder or the real-data FR model), and the method table gets a row per method
+    under the same FR recipe."""
+    out = run(["dvc", "exp", "run", "-n", "method-cemiface", "-S", "generator.method=cemiface"], proj, env)
+    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+    assert ran == {"train_generator", "sample", "package", "train_fr", "evaluate"}, out
+    assert json.loads((proj / "artifacts" / "generator" / "pipeline" / "model_index.json").read_text())["_class_name"] == "CemiFacePipeline"
+    cemi = json.loads((proj / "metrics" / "report.json").read_text())
+    assert list(cemi) == ["real (LFW train split)", "synthetic (cemiface)"]
+    assert cemi["real (LFW train split)"] == report["real (LFW train split)"]  # the same real baseline, not retrained
+    assert json.loads((proj / "artifacts" / "sample" / "run.json").read_text())["method"] == "cemiface"
+    run(["git", "reset", "-q", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
+    run(["dvc", "checkout", "--quiet"], proj, env)
+    run([sys.executable, "-m", "flows.ablation", "--study", "methods"], proj, env)
+    table = json.loads((proj / "metrics" / "methods.json").read_text())
+    assert [(r["method"], r["training_set"]) for r in table["rows"]] == [("id3", "synthetic (id3)"), ("cemiface", "synthetic (cemiface)")]
+    assert table["missing"] == [] and table["rows"][0]["fr_recipe"] == table["rows"][1]["fr_recipe"]
+    assert table["rows"][1]["average_accuracy"] == cemi["synthetic (cemiface)"]["average_accuracy"]
+    md = (proj / "metrics" / "methods.md").read_text()
+    assert "| synthetic (cemiface) |" in md and "| real (LFW train split) |" in md and "not comparable" not in md
 
 
 def check_kill_and_rerun(proj: Path, env: dict) -> None:
