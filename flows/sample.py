@@ -38,10 +38,11 @@ from .runners import check_cluster, gpu_slots, in_flight, task_device, task_runn
 _MODELS: dict = {}
 
 
-def _models(pipeline_dir: Path, encoder_dir: Path, need_encoder: bool, dev: str):
+def _models(pipeline_dir: Path, encoder_dir: Path, p: dict, dev: str):
     key = (str(pipeline_dir), str(encoder_dir), dev)  # loaded once per worker process and device
     if key not in _MODELS:
-        _MODELS[key] = (load_pipeline(pipeline_dir), load_encoder(encoder_dir, dev) if need_encoder else None)
+        pipe = load_pipeline(pipeline_dir)  # its class is the method, which says whether guidance needs the encoder
+        _MODELS[key] = (pipe, load_encoder(encoder_dir, dev) if guidance(p, pipe.METHOD)["id_weight"] > 0 else None)
     return _MODELS[key]
 
 
@@ -53,7 +54,7 @@ def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embe
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
     with task_device() as dev:
         get_run_logger().warning(f"sample: rendering identities {identities[0]}-{identities[-1]} (pid {os.getpid()}, {dev})")
-        pipe, enc = _models(pipeline_dir, encoder_dir, guidance(p, pipeline_class(pipeline_dir).METHOD)["id_weight"] > 0, dev)
+        pipe, enc = _models(pipeline_dir, encoder_dir, p, dev)
         plan = {"anchors": np.load(anchors_file), "embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
         return render_block(pipe, enc, plan, identities, p, dev)
 

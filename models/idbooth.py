@@ -23,22 +23,11 @@ CLASS_PROMPT = "photo of a person"
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP's reversible byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def tiny_tokenizer(max_length: int = 77):
     """A CLIP tokenizer built here: every byte is a token (alone or word-final), no merges; any prompt encodes."""
     from transformers import CLIPTokenizer
-    chars = list(_bytes_to_unicode().values())
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2 / CLIP's byte -> character table
+    chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": len(chars) + i for i, c in enumerate(chars)}
     vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)

@@ -36,14 +36,12 @@ def plan_identities(real: dict, p: dict, pool: np.ndarray, method: str = "id3") 
     _, centres = identity_centres(emb, labels)
     images = p["embeddings_per_identity"] * p["images_per_embedding"]
     if method == "cemiface" and p["cemiface"]["inquiry"] == "real":
-        inq, stats = real_inquiries(p["num_identities"], emb, labels, p["cemiface"]["inquiry_max_cosine"], p["seed"])
-        return {"anchors": inq, "embeddings": inq[:, None, :], "anchor_stats": stats,
-                "rows": plan_similarity_rows(p["num_identities"], images, p["cemiface"]["m"], p["seed"])}
-    if p["anchors"] == "tammes":
+        anchors, stats = real_inquiries(p["num_identities"], emb, labels, p["cemiface"]["inquiry_max_cosine"], p["seed"])
+    elif p["anchors"] == "tammes":
         anchors, stats = tammes_anchors(p["num_identities"], emb, centres, p["privacy_threshold"], p["anchor_iters"], p["seed"])
     else:  # the ablation: no repulsion, but the privacy margin still holds
         anchors, stats = private_random_anchors(p["num_identities"], emb.shape[1], centres, p["privacy_threshold"], p["seed"])
-    if method == "cemiface":  # the anchors themselves are the inquiry identities
+    if method == "cemiface":  # the anchors (or real inquiries) themselves are the inquiry identities
         return {"anchors": anchors, "embeddings": anchors[:, None, :], "anchor_stats": stats,
                 "rows": plan_similarity_rows(p["num_identities"], images, p["cemiface"]["m"], p["seed"])}
     y = identity_embeddings(anchors, p["embeddings_per_identity"], p["v_low"], p["v_high"], p["seed"])
