@@ -4,11 +4,12 @@ paper's ablations) and the generator-method comparison (issue 6).
     python -m flows.ablation --run     # dvc exp run for each variant below, then the table
     python -m flows.ablation --run --only id3-beta0   # one variant
     python -m flows.ablation           # the table from experiments already run (and the workspace)
-    python -m flows.ablation --study methods --run    # ID3 (the workspace) vs CemiFace, the same FR recipe
+    python -m flows.ablation --study methods --run    # ID3 (the workspace) vs CemiFace vs ID-Booth, one FR recipe
 
 Ablation variants: (a) full ID3 = the committed params (the workspace row); (b) no identity loss term
 (generator.kappa_scale=0); (c) no reversed term (sample.beta=0); (d) random anchors
-(sample.anchors=random). Method variants: the committed params (ID3) and generator.method=cemiface.
+(sample.anchors=random). Method variants: the committed params (ID3), generator.method=cemiface and
+generator.method=idbooth (an augmented real set, so its row is not a synthetic-only one).
 Each experiment reruns only the stages its override reaches. Rows read each experiment's
 metrics/quality.json, metrics/report.json and params.yaml from its git ref (refs/exps/...), so the table
 never mixes figures from different runs; a row trained under another [train_fr] recipe than the first
@@ -37,6 +38,7 @@ VARIANTS = {
 METHODS = {
     "method-id3": ("ID3", {}),
     "method-cemiface": ("CemiFace", {"generator.method": "cemiface"}),
+    "method-idbooth": ("ID-Booth (real + generated)", {"generator.method": "idbooth"}),
 }
 STUDIES = {"ablation": VARIANTS, "methods": METHODS}
 

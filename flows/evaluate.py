@@ -68,7 +68,8 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
     align, ds, out = art / "align", art / "dataset", stage_dir("evaluate")
     metrics, plots = ROOT / "metrics", ROOT / "plots"
     metrics.mkdir(exist_ok=True); plots.mkdir(exist_ok=True)
-    synth_name = p["synthetic_label"] or f"synthetic ({allp['generator']['method']})"
+    method = allp["generator"]["method"]  # ID-Booth's set is real faces plus renders of the same people
+    synth_name = p["synthetic_label"] or (f"real + generated ({method})" if method == "idbooth" else f"synthetic ({method})")
     models = {"real (LFW train split)": art / "fr_real", synth_name: art / "fr_synthetic"}
     bench_dir = ROOT / p["benchmarks_dir"]
     benches = {"lfw_heldout": heldout_bin(align, out), **find_bins(bench_dir)}

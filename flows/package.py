@@ -12,6 +12,9 @@ Filters, each a parameter, applied in this order (an image's reason is the first
                                    unique_radius of an earlier kept one is dropped (uniqueness: drop) or
                                    relabelled as it (merge).
 Identity-level thresholds default to ones calibrated on the real training faces (tasks/filters.py).
+ID-Booth (generator.method = idbooth) renders real people on purpose: its privacy filters and r-ball do not
+apply (the audit is still written), and the product is the augmented set - every planned identity's real
+training faces (source "real", their JPEG bytes) beside its kept generated images (source "generated").
 
 Outputs (artifacts/dataset): synthface-NNNNNN.tar shards (deterministic bytes, written atomically),
 manifest.parquet (one row per kept image), rejects.parquet (one row per dropped image, with its reason:
@@ -44,7 +47,9 @@ from . import ROOT
 from .common import RunRecord, device, params, stage_dir
 from .judging import detect_set, judge_set
 
-CONDITIONS = ("yaw", "pitch", "roll", "m")  # plan columns the generator was conditioned on: ID3's pose, CemiFace's m
+# plan columns the generator was conditioned on: ID3's pose, CemiFace's m, ID-Booth's prompt (and its alignment)
+CONDITIONS = ("yaw", "pitch", "roll", "m", "prompt", "aligned")
+
 
 def judged_keys(keys: np.ndarray, labels: np.ndarray, per_identity: int) -> list[str]:
     """The first `per_identity` keys of every identity (0: all) - the faces the slow judge describes."""
@@ -79,6 +84,7 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     blocks = sorted(smp.glob("block-*.tar"))
     rec = RunRecord("package", p, out, {"sample": smp, "encoder": enc_dir, "align_manifest": align / "manifest.parquet"})
     plan = pd.read_parquet(smp / "plan.parquet").set_index("key")
+    augment = json.loads((smp / "run.json").read_text()).get("method") == "idbooth"  # real identities: the augmented set
     am = pd.read_parquet(align / "manifest.parquet")
     am = am[am["split"] == "train"]
     real_shards = sorted(align / s for s in am["shard"].unique())
@@ -115,9 +121,9 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     table = identity_table(ids, syn, real_c, thr)
     cons = cos_to_centre(syn["encoder"]["emb"], ident)
     face_found = ~np.isnan(faces["poses"]).any(1)
-    reason, owner, merged_into = apply_filters(ident, syn["encoder"]["emb"], cons, face_found, ids,
-                                               table["privacy_flag_encoder"].to_numpy(), table["privacy_flag_judge"].to_numpy(),
-                                               p, radius)
+    private = {m: table[f"privacy_flag_{m}"].to_numpy() & (not augment) for m in ("encoder", "judge")}
+    reason, owner, merged_into = apply_filters(ident, syn["encoder"]["emb"], cons, face_found, ids, private["encoder"],
+                                               private["judge"], {**p, "uniqueness": "keep"} if augment else p, radius)
     duplicate = (merged_into >= 0) & (merged_into != ident)
     rep = np.full(len(ids), -1)
     rep[np.searchsorted(ids, ident)] = merged_into  # one value per identity
@@ -129,11 +135,12 @@ def package_flow(params_path: str = "params.yaml") -> dict:
 
     # 5. the manifest: one row per image with its plan, filter scores and fate
     judge_c = dict(zip(syn["judge"]["keys"], cos_to_centre(syn["judge"]["emb"], syn["judge"]["labels"])))
-    labels = {o: n for n, o in enumerate(sorted(set(owner[keep].tolist())))}
+    # the augmented set keeps every planned (real) identity: its real faces stay even when no render survives
+    labels = {o: n for n, o in enumerate(sorted(set((ident if augment else owner[keep]).tolist())))}
     rows = plan.reset_index()
     rows = rows.assign(anchor=rows["identity"], owner_identity=owner, label=[labels.get(o, -1) for o in owner],
                        consistency=cons.round(6), judge_consistency=[judge_c.get(k, np.nan) for k in keys],
-                       face_found=face_found, reason=reason)
+                       face_found=face_found, reason=reason, **({"source": "generated"} if augment else {}))
     rows = rows.merge(table.drop(columns=["unique_rep"]), on="identity", how="left")
     rows["merged_into"] = np.where(duplicate & (p["uniqueness"] == "merge"), merged_into, -1)
     kept = rows[keep].reset_index(drop=True)
@@ -142,6 +149,7 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     ext = p["image_format"]
     by_key = kept.set_index("key")
     conditions = [c for c in CONDITIONS if c in kept.columns]  # what the generator was conditioned on, per method
+    real_rows: list[dict] = []  # the augmented set's real faces, in the order samples() writes them
 
     def samples():
         for b in blocks:
@@ -152,9 +160,15 @@ def package_flow(params_path: str = "params.yaml") -> dict:
                     yield {"__key__": k, ext: s["png"] if ext == "png" else to_jpeg(s["png"]), "cls": int(r["label"]),
                            "json": {"identity": int(r["owner_identity"]), "label": int(r["label"]), "anchor": int(r["anchor"]),
                                     "embedding": int(r["embedding"]), "image": int(r["image"]), "seed": int(r["seed"]),
-                                    **{c: float(r[c]) for c in conditions}}}
+                                    **{c: _jsonable(r[c]) for c in conditions},
+                                    **({"source": "generated", "real_label": int(r["real_label"])} if augment else {})}}
+        if augment:
+            yield from real_faces(real_shards, am, plan, labels, real_rows)
 
     shards = write_shards(samples(), out, "synthface", p["shard_size"])
+    if real_rows:  # nullable columns, so the generated rows' seeds and flags survive beside the real rows' gaps
+        kept = kept.astype({c: "Int64" for c in kept.select_dtypes("integer")} | {c: "boolean" for c in kept.select_dtypes("bool")})
+        kept = pd.concat([kept, pd.DataFrame(real_rows)], ignore_index=True)
     kept["shard"] = [s["shard"] for s in shards for _ in range(s["count"])]
     write_parquet(out / "manifest.parquet", kept.drop(columns=["reason"]))
     write_parquet(out / "rejects.parquet", rows[~keep].reset_index(drop=True))
@@ -163,11 +177,14 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     write_wids_index(out / "index.wids.json", shards, "synthface")
     write_bytes(out / "anchors.npy", (smp / "anchors.npy").read_bytes())
 
-    counts = {"images_in": int(len(keys)), "images_out": int(keep.sum()), "identities_in": int(len(ids)),
+    counts = {"images_in": int(len(keys)), "images_out": int(len(kept)), "identities_in": int(len(ids)),
               "identities_out": len(labels), "dropped": {r: int((reason == r).sum()) for r in REASONS},
               "identities_merged": int(len(set(ident[duplicate].tolist()))) if p["uniqueness"] == "merge" else 0,
               "mean_consistency": float(cons[keep].mean()) if keep.any() else None,
-              "faces_found": float(face_found.mean()), "shards": len(shards)}
+              "faces_found": float(face_found.mean()), "shards": len(shards),
+              **({"generated_images_out": int(keep.sum()), "real_images_out": len(real_rows),
+                  "aligned": float(kept.loc[kept["source"] == "generated", "aligned"].astype(float).mean()) if "aligned" in kept else None}
+                 if augment else {})}
     # the reference: how many distinct real people are this close to another real person (1:N comparisons)
     real_other = {m: real_nearest_other(real_c[m][1]) for m in ("encoder", "judge")}
     priv = {"thresholds": thr, "calibrated_thresholds": calibrated, "unique_radius": radius if p["uniqueness"] != "keep" else None,
@@ -191,6 +208,30 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     write_card(out / "README.md", counts, priv, shards, runs, allp, rec.info)
     log.warning(f"package: {counts}")
     return rec.finish(counts=counts, privacy=priv)
+
+
+def real_faces(real_shards: list, am: pd.DataFrame, plan: pd.DataFrame, labels: dict, rows: list[dict]):
+    """The augmented set's real half: every training face of the planned identities, under the label of the
+    identity that renders it (their JPEG bytes unchanged); appends one manifest row per face to `rows`."""
+    identity_of = {int(r): int(i) for i, r in plan[["identity", "real_label"]].drop_duplicates().to_numpy()}
+    name = dict(zip(am["key"], am["identity"]))
+    for sh in real_shards:
+        for s in read_tar(sh):
+            i = identity_of.get(int(s["cls"]))
+            if i is None:
+                continue
+            label = labels[i]
+            rows.append({"key": f"real-{s['__key__']}", "identity": i, "owner_identity": i, "anchor": i, "label": label,
+                         "real_label": int(s["cls"]), "real_name": name.get(s["__key__"], ""), "source": "real"})
+            yield {"__key__": f"real-{s['__key__']}", "jpg": s.get("jpg", s.get("png")), "cls": label,
+                   "json": {"identity": i, "label": label, "real_label": int(s["cls"]), "source": "real"}}
+
+
+def _jsonable(v):
+    """A plan value for the shard json as the plan holds it: flag, integer, float or text."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    return v if isinstance(v, str) else int(v) if isinstance(v, (int, np.integer)) else float(v)
 
 
 def to_jpeg(png: bytes, quality: int = 95) -> bytes:

@@ -1,5 +1,5 @@
 """sample stage: anchors -> identity embeddings -> images, fanned out over blocks of identities, with the
-generator artifacts/generator holds (ID3 or CemiFace: tasks/sample.py).
+generator artifacts/generator holds (ID3, CemiFace or ID-Booth: tasks/sample.py).
 
     python -m flows sample    # params [sample]; artifacts/{generator,encoder,align} -> artifacts/sample
 
@@ -27,7 +27,9 @@ from prefect.futures import as_completed
 from models import load_pipeline, pipeline_class
 from tasks.encoder import load_encoder
 from tasks.io import write_npy, write_parquet
-from tasks.sample import guidance, plan_identities, render_block
+from models.idbooth import bank_labels
+from tasks.align import MTCNNDetector, align_generated
+from tasks.sample import plan_identities, render_block, sampling
 from tasks.shards import file_lock, write_tar_if_changed
 
 from . import ROOT
@@ -39,10 +41,17 @@ _MODELS: dict = {}
 
 
 def _models(pipeline_dir: Path, encoder_dir: Path, p: dict, dev: str):
-    key = (str(pipeline_dir), str(encoder_dir), dev)  # loaded once per worker process and device
+    """(pipeline, encoder or None, aligner or None), loaded once per worker process and device: the pipeline's
+    class is the method, which says whether guidance needs the encoder and whether outputs are aligned."""
+    key = (str(pipeline_dir), str(encoder_dir), dev)
     if key not in _MODELS:
-        pipe = load_pipeline(pipeline_dir)  # its class is the method, which says whether guidance needs the encoder
-        _MODELS[key] = (pipe, load_encoder(encoder_dir, dev) if guidance(p, pipe.METHOD)["id_weight"] > 0 else None)
+        pipe = load_pipeline(pipeline_dir)
+        enc = load_encoder(encoder_dir, dev) if sampling(p, pipe.METHOD)["id_weight"] > 0 else None
+        aligner = None
+        if pipe.METHOD == "idbooth" and p["idbooth"]["align"]:  # the aligner of the real data (MTCNN, ArcFace template)
+            det = MTCNNDetector(dev)
+            aligner = lambda ims: align_generated(ims, det, p["idbooth"]["align_min_score"])  # noqa: E731
+        _MODELS[key] = (pipe, enc, aligner)
     return _MODELS[key]
 
 
@@ -54,9 +63,9 @@ def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embe
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
     with task_device() as dev:
         get_run_logger().warning(f"sample: rendering identities {identities[0]}-{identities[-1]} (pid {os.getpid()}, {dev})")
-        pipe, enc = _models(pipeline_dir, encoder_dir, p, dev)
+        pipe, enc, aligner = _models(pipeline_dir, encoder_dir, p, dev)
         plan = {"anchors": np.load(anchors_file), "embeddings": np.load(embeddings_file), "rows": pd.read_parquet(plan_file).to_dict("records")}
-        return render_block(pipe, enc, plan, identities, p, dev)
+        return render_block(pipe, enc, plan, identities, p, dev, aligner)
 
 
 def sample_flow(params_path: str = "params.yaml", runner: str | None = None, address: str | None = None) -> dict:
@@ -77,8 +86,14 @@ def _sample(params_path: str, ex: dict) -> dict:
     rec = RunRecord("sample", p, out, {"generator": gen, "encoder": enc, "attributes": ROOT / "artifacts" / "align" / "attributes.parquet"})
     pool = pd.read_parquet(ROOT / "artifacts" / "align" / "attributes.parquet")[["yaw", "pitch", "roll"]].to_numpy()
     method = pipeline_class(gen / "pipeline").METHOD  # the generator says which method's plan it renders
-    plan = plan_identities(dict(np.load(gen / "real_stats.npz")), p, pool, method)
-    ids = list(range(p["num_identities"]))
+    real = dict(np.load(gen / "real_stats.npz"))
+    if method == "idbooth":  # its identities are the real ones it holds a LoRA for
+        real["personalised"] = bank_labels(gen / "pipeline")
+        if len(real["personalised"]) < p["num_identities"]:
+            get_run_logger().warning(f"sample: the ID-Booth generator personalised {len(real['personalised'])} identities; "
+                                     f"rendering those, not sample.num_identities = {p['num_identities']}")
+    plan = plan_identities(real, p, pool, method)
+    ids = sorted({r["identity"] for r in plan["rows"]})
     blocks = [ids[i:i + p["block_size"]] for i in range(0, len(ids), p["block_size"])]
     block_of = {i: b for b, blk in enumerate(blocks) for i in blk}
     # the plan is written first: blocks read it, and their cache keys hash its bytes

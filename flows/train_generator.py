@@ -1,4 +1,4 @@
-"""train_generator stage: the identity-conditioned diffusion generator of generator.method (id3 | cemiface).
+"""train_generator stage: the diffusion generator of generator.method (id3 | cemiface | idbooth).
 
     python -m flows train-generator   # params [generator]; artifacts/{align,encoder} -> artifacts/generator
 
@@ -19,8 +19,8 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 
 from tasks.encoder import load_encoder
-from tasks.io import atomic_path
-from tasks.train_generator import build_pipeline, real_embeddings, train_generator
+from tasks.io import atomic_path, write_bytes
+from tasks.train_generator import pipeline_files, real_embeddings, train_generator
 
 from . import CHECKPOINTS, ROOT
 from .caching import content_key
@@ -34,7 +34,7 @@ def checkpoint_dir(shards: list, encoder_dir, attributes, p: dict) -> Path:
 
 
 @task(cache_key_fn=content_key, persist_result=True)
-def train_generator_task(shards: list, encoder_dir, attributes, p: dict) -> tuple[dict, dict, dict]:
+def train_generator_task(shards: list, encoder_dir, attributes, p: dict) -> tuple[dict, dict, dict, dict]:
     log = get_run_logger()
     dev = device()
     enc = load_encoder(encoder_dir, dev)
@@ -46,7 +46,8 @@ def train_generator_task(shards: list, encoder_dir, attributes, p: dict) -> tupl
     pipe, stats = train_generator(shards, emb_of, attr_of, len(pool), enc, p, checkpoint_dir(shards, encoder_dir, attributes, p),
                                   dev, log.warning, fingerprint, Progress("train_generator").fraction)
     real = {"embeddings": embs, "labels": labels, "keys": np.array(keys)}
-    return {"unet": pipe.unet.state_dict(), "conditioner": pipe.conditioner.state_dict()}, real, stats
+    sizes = {n: sum(x.numel() for x in m.parameters()) for n, m in pipe.components.items() if hasattr(m, "parameters")}
+    return pipeline_files(pipe), real, stats, sizes
 
 
 @flow(name="train_generator")
@@ -58,14 +59,13 @@ def train_generator_flow(params_path: str = "params.yaml") -> dict:
     shards = sorted(align / s for s in m[m["split"] == "train"]["shard"].unique())
     rec = RunRecord("train_generator", p, out, {"attributes": align / "attributes.parquet", "encoder": enc_dir,
                                                 **{s.name: s for s in shards}})
-    states, real, stats = train_generator_task(shards, enc_dir, align / "attributes.parquet", p)
-    pipe = build_pipeline(p, real["embeddings"].shape[1])
-    pipe.unet.load_state_dict(states["unet"])
-    pipe.conditioner.load_state_dict(states["conditioner"])
-    pipe.save_pretrained(out / "pipeline")
+    files, real, stats, sizes = train_generator_task(shards, enc_dir, align / "attributes.parquet", p)
+    for stale in (f for f in (out / "pipeline").rglob("*") if f.is_file() and f.relative_to(out / "pipeline").as_posix() not in files):
+        stale.unlink()  # another method's components
+    for rel, data in files.items():
+        write_bytes(out / "pipeline" / rel, data)
     with atomic_path(out / "real_stats.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **real)
     shutil.rmtree(checkpoint_dir(shards, enc_dir, align / "attributes.parquet", p), ignore_errors=True)  # the outputs hold it
-    return rec.finish(training=stats, num_parameters={"unet": sum(x.numel() for x in pipe.unet.parameters()),
-                                                      "conditioner": sum(x.numel() for x in pipe.conditioner.parameters())})
+    return rec.finish(method=p["method"], training=stats, num_parameters=sizes)

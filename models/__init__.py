@@ -4,7 +4,8 @@
 """
 from pathlib import Path
 
-_LAZY = {"ID3Conditioner": "id3", "ID3Pipeline": "id3", "CemiConditioner": "cemiface", "CemiFacePipeline": "cemiface"}
+_LAZY = {"ID3Conditioner": "id3", "ID3Pipeline": "id3", "CemiConditioner": "cemiface", "CemiFacePipeline": "cemiface",
+         "LoraBank": "idbooth", "IDBoothPipeline": "idbooth"}
 
 
 def __getattr__(name):

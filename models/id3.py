@@ -111,18 +111,19 @@ def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor]
 SAMPLERS = ("ddim", "dpmsolver++", "ddpm")
 
 
-def make_scheduler(kind: str, config: dict):
+def make_scheduler(kind: str, config: dict, clip: bool = True):
     """DDIM, DPM-Solver++ or ancestral DDPM (the reference: one denoiser call per training step, usually
-    all T) from the training (DDPM) scheduler config; trailing spacing starts at t = T-1."""
+    all T) from the training (DDPM) scheduler config; trailing spacing starts at t = T-1. `clip` keeps x0
+    in the pixel range [-1, 1]; latent models (ID-Booth) sample unclipped."""
     if kind == "ddpm":
-        return DDPMScheduler.from_config(config, clip_sample=True, timestep_spacing="trailing")
+        return DDPMScheduler.from_config(config, clip_sample=clip, timestep_spacing="trailing")
     if kind == "ddim":
-        return DDIMScheduler.from_config(config, clip_sample=True, set_alpha_to_one=False, timestep_spacing="trailing")
+        return DDIMScheduler.from_config(config, clip_sample=clip, set_alpha_to_one=False, timestep_spacing="trailing")
     if kind == "dpmsolver++":
         # x0 clipped to the data range, as DDIM's clip_sample does (thresholding with a maximum of 1 is a static
         # clip): unclipped, 90% of the demo generator's pixels saturate (benchmarks/sampler_sweep.py)
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
-                                                        timestep_spacing="trailing", thresholding=True,
+                                                        timestep_spacing="trailing", thresholding=clip,
                                                         sample_max_value=1.0)
     raise ValueError(f"unknown sampler {kind!r}: use one of {SAMPLERS}")
 

@@ -4,6 +4,7 @@ draws and per-image seeds. Pure numpy, shared by the sample stage and `ID3Pipeli
     y = identity_embeddings(anchors, m, v_low, v_high, seed)       # (n, m, d), <y_ij, w_i> in [v_low, v_high]
     rows = plan_rows(n, m, k, attribute_pool, seed)                # one dict per image: key, seeds, attributes
     rows = plan_similarity_rows(n, k, sims, seed)                  # CemiFace: one similarity m per image instead
+    rows = plan_prompt_rows(n, k, prompt, poses, backgrounds, seed)  # ID-Booth: one prompt per image instead
 
 Every seed is derive_seed(global seed, kind, identity, embedding[, image]): never a batch position, so
 any subset of identities regenerates byte-identically.
@@ -64,3 +65,17 @@ def plan_similarity_rows(n: int, k: int, sims, seed: int, identities=None) -> li
     return [{"key": f"id{i:06d}_000_{r:03d}", "identity": int(i), "embedding": 0, "image": r,
              "seed": derive_seed(seed, "image", i, 0, r), "m": sims[r % len(sims)]}
             for i in (range(n) if identities is None else identities) for r in range(k)]
+
+
+def plan_prompt_rows(n: int, k: int, prompt: str, poses, backgrounds, seed: int, identities=None) -> list[dict]:
+    """ID-Booth's plan: one row per image of each personalised identity (bank index = identity), its prompt
+    `prompt` plus a pose wording and a background drawn per image ("" adds nothing), seeded as plan_rows."""
+    poses, backgrounds = list(poses) or [""], list(backgrounds) or [""]
+    rows = []
+    for i in (range(n) if identities is None else identities):
+        for r in range(k):
+            rng = np.random.default_rng(derive_seed(seed, "prompt", i, r))
+            words = [prompt, poses[rng.integers(len(poses))], backgrounds[rng.integers(len(backgrounds))]]
+            rows.append({"key": f"id{i:06d}_000_{r:03d}", "identity": int(i), "embedding": 0, "image": r, "lora": int(i),
+                         "seed": derive_seed(seed, "image", i, 0, r), "prompt": ", ".join(w for w in words if w)})
+    return rows

@@ -134,6 +134,19 @@ def pick_face(faces, shape, min_score: float):
     return min(good, key=lambda f: ((f[0][0] + f[0][2]) / 2 - w / 2) ** 2 + ((f[0][1] + f[0][3]) / 2 - h / 2) ** 2)
 
 
+def align_generated(images: list[np.ndarray], detector, min_score: float = 0.9, size: int = 112) -> tuple[list[np.ndarray], list[bool]]:
+    """Generated faces through the real data's alignment (ID-Booth's outputs): each image, upsampled to `size`
+    so small renders reach the detector's minimum face, is warped to the ArcFace template when a confident
+    face is found; otherwise it is kept resized whole (the generator learnt the aligned frame) and flagged."""
+    big = [np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) if a.shape[0] != size else a for a in images]
+    out, found = [], []
+    for img, faces in zip(big, detector.detect(big) if big else []):
+        face = pick_face(faces, img.shape, min_score)
+        out.append(warp(img, face[2], size) if face is not None else img)
+        found.append(face is not None)
+    return out, found
+
+
 def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=quality, subsampling=0)

@@ -92,7 +92,7 @@ SCHEMA = {
     },
     "encoder": {"pretrained": S(optional=True), **FR_TRAIN},
     "generator": {
-        "method": S(["id3", "cemiface"]), "resolution": I(8, 512),
+        "method": S(["id3", "cemiface", "idbooth"]), "resolution": I(8, 512),
         "unet": {"block_out_channels": L(I(1)), "layers_per_block": I(1), "attention_head_dim": I(1),
                  "norm_num_groups": I(1)},
         "conditioner_dims": L(I(1)), "cond_drop": F(0.0, 1.0), "steps": I(1), "batch_size": I(1),
@@ -100,6 +100,10 @@ SCHEMA = {
         "kappa_scale": F(0.0), "id_schedule": S(["logistic", "linear", "constant"]), "num_train_timesteps": I(2),
         "seed": I(0),
         "cemiface": {"context_dim": I(1), "sim_weight": F(0.0), "sim_grid_step": F(0.001, 1.0)},
+        "idbooth": {"base_model": S(optional=True), "base_width": I(8), "vae_steps": I(0), "base_steps": I(0),
+                    "kl_weight": F(0.0), "num_identities": I(1), "min_images": I(1), "rank": I(1), "lora_steps": I(1),
+                    "lora_lr": F(0.0), "lora_batch_size": I(1), "prior_images": I(1), "prior_steps": I(1, 1000),
+                    "prior_guidance": F(0.0), "margin": F(0.0), "id_weight": F(0.0), "face_check": Spec(bool)},
     },
     "sample": {
         "num_identities": I(2), "embeddings_per_identity": I(1), "images_per_embedding": I(1),
@@ -109,6 +113,8 @@ SCHEMA = {
         "block_size": I(1), "batch_size": I(1),
         "seed": I(0),
         "cemiface": {"m": L(F(-1.0, 1.0)), "inquiry": S(["anchors", "real"]), "inquiry_max_cosine": F(-1.0, 1.0)},
+        "idbooth": {"num_inference_steps": I(1, 1000), "sampler": S(["ddim", "dpmsolver++", "ddpm"]), "guidance_scale": F(0.0),
+                    "poses": L(S()), "backgrounds": L(S()), "align": Spec(bool), "align_min_score": F(0.0, 1.0)},
     },
     "package": {"shard_size": I(1), "image_format": S(["png", "jpg"]),
                 # the filters (flows/package.py); an unset threshold is calibrated on the real training faces

@@ -7,7 +7,10 @@ and render one block of identities to PNG bytes.
 ID3 (METHODS.md 1): m embeddings around each anchor, each with attributes drawn from the real pool,
 rendered with the ID-preserving gradient field. CemiFace (2): each identity is one inquiry embedding
 (an anchor, or a real training face with [cemiface] inquiry: real) rendered at similarity m, plain
-sampling as in the paper. Both give num_identities x embeddings_per_identity x images_per_embedding images.
+sampling as in the paper. ID-Booth (3): each identity is a real training identity the generator holds a
+LoRA for (`real["personalised"]`, their labels), rendered from prompts varying pose wording and background
+with CFG, then aligned by the aligner (`aligner`: tasks/align.align_generated). Each gives num_identities x
+embeddings_per_identity x images_per_embedding images (ID-Booth: at most as many identities as it personalised).
 
 Each image's noise seed is derive_seed(global seed, identity, embedding, image): any subset of
 identities regenerates byte-identically, whatever the block or batch it falls in.
@@ -19,11 +22,12 @@ import io
 import numpy as np
 from PIL import Image
 
-from models.identities import identity_embeddings, plan_rows, plan_similarity_rows
+from models.idbooth import INSTANCE_PROMPT  # the words ID-Booth's LoRAs were trained on
+from models.identities import identity_embeddings, plan_prompt_rows, plan_rows, plan_similarity_rows
 from .identity import centres as identity_centres
 from .anchors import private_random_anchors, real_inquiries, tammes_anchors
 
-METHODS = ("id3", "cemiface")
+METHODS = ("id3", "cemiface", "idbooth")
 
 
 def plan_identities(real: dict, p: dict, pool: np.ndarray, method: str = "id3") -> dict:
@@ -35,6 +39,16 @@ def plan_identities(real: dict, p: dict, pool: np.ndarray, method: str = "id3") 
     emb, labels = real["embeddings"], real["labels"]
     _, centres = identity_centres(emb, labels)
     images = p["embeddings_per_identity"] * p["images_per_embedding"]
+    if method == "idbooth":  # the real identities the generator personalised, in its bank's order
+        ids, real_c = identity_centres(emb, labels)
+        personal = np.asarray(real["personalised"], dtype=int)[:p["num_identities"]]
+        anchors = real_c[np.searchsorted(ids, personal)]
+        q = p["idbooth"]
+        rows = [{**r, "real_label": int(personal[r["identity"]])}
+                for r in plan_prompt_rows(len(personal), images, INSTANCE_PROMPT, q["poses"], q["backgrounds"], p["seed"])]
+        return {"anchors": anchors, "embeddings": anchors[:, None, :], "rows": rows,
+                "anchor_stats": {"kind": "real identities (ID-Booth)", "identities": int(len(personal)),
+                                 "personalised": int(len(real["personalised"]))}}
     if method == "cemiface" and p["cemiface"]["inquiry"] == "real":
         anchors, stats = real_inquiries(p["num_identities"], emb, labels, p["cemiface"]["inquiry_max_cosine"], p["seed"])
     elif p["anchors"] == "tammes":
@@ -56,20 +70,31 @@ def to_png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def guidance(p: dict, method: str) -> dict:
-    """The sampling knobs of a method: ID3 takes [sample]'s guidance; CemiFace samples plainly (the paper)."""
+def sampling(p: dict, method: str) -> dict:
+    """The sampling knobs of a method: ID3 takes [sample]'s; CemiFace samples plainly (the paper) with
+    [sample]'s sampler; ID-Booth with [sample.idbooth]'s steps, sampler and CFG scale (no identity guidance)."""
+    knobs = {k: p[k] for k in ("num_inference_steps", "sampler", "guidance_scale", "id_weight", "beta", "guidance_schedule")}
     if method == "cemiface":
-        return {"guidance_scale": 1.0, "id_weight": 0.0, "beta": 0.0, "guidance_schedule": p["guidance_schedule"]}
-    return {k: p[k] for k in ("guidance_scale", "id_weight", "beta", "guidance_schedule")}
+        return {**knobs, "guidance_scale": 1.0, "id_weight": 0.0, "beta": 0.0}
+    if method == "idbooth":
+        q = p["idbooth"]
+        return {**knobs, "num_inference_steps": q["num_inference_steps"], "sampler": q["sampler"],
+                "guidance_scale": q["guidance_scale"], "id_weight": 0.0, "beta": 0.0}
+    return knobs
 
 
-def render_block(pipe, encoder, plan: dict, identities: list[int], p: dict, device: str = "cpu") -> list[dict]:
-    """PNG-encoded samples for the given identities, in plan order; the pipeline's class says the method."""
-    method = pipe.METHOD
+def render_block(pipe, encoder, plan: dict, identities: list[int], p: dict, device: str = "cpu", aligner=None) -> list[dict]:
+    """PNG-encoded samples for the given identities, in plan order; the pipeline's class says the method.
+    `aligner` (images -> (aligned images, face found)) post-processes the renders, recorded per row as `aligned`."""
     wanted = set(identities)
     rows = [r for r in plan["rows"] if r["identity"] in wanted]
     pipe.to(device)
-    pipe.unet.eval(); pipe.conditioner.eval()
-    x = pipe.render_rows(plan["embeddings"], plan["anchors"], rows, p["batch_size"], num_inference_steps=p["num_inference_steps"],
-                         sampler=p["sampler"], encoder=encoder, output_type="np", **guidance(p, method))
+    for m in pipe.components.values():
+        if hasattr(m, "parameters"):  # the torch modules (not the tokenizer or scheduler)
+            m.eval()
+    x = pipe.render_rows(plan["embeddings"], plan["anchors"], rows, p["batch_size"], encoder=encoder, output_type="np",
+                         **sampling(p, pipe.METHOD))
+    if aligner is not None:
+        x, found = aligner(list(x))
+        rows = [{**r, "aligned": bool(f)} for r, f in zip(rows, found)]
     return [{**r, "png": to_png(img)} for r, img in zip(rows, x)]

@@ -1,8 +1,8 @@
-"""Train the ID3 or CemiFace generator (METHODS.md sections 1, 2) on real aligned faces; resumable, EMA,
-diffusers format.
+"""Train the generator of generator.method on real aligned faces: ID3 or CemiFace (METHODS.md sections 1,
+2; here, resumable, EMA) or ID-Booth (section 3; tasks/train_idbooth.py); diffusers format.
 
     pipe, stats = train_generator(shards, emb_of, attr_of, n, encoder, params["generator"], ckpt_dir, device, log)
-    pipe.save_pretrained("artifacts/generator/pipeline")
+    pipe.save_pretrained("artifacts/generator/pipeline")      # or pipeline_files(pipe): {path: bytes}
 
 Identity embeddings y come from the frozen encoder on each training face at the generator's resolution
 (what the generator can reproduce). ID3 also conditions on attributes s, the pose (yaw, pitch, roll)
@@ -13,6 +13,7 @@ data, encoder and code).
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -52,7 +53,8 @@ def build_pipeline(p: dict, embedding_dim: int, attribute_dim: int = 3) -> ID3Pi
         cond = CemiConditioner(embedding_dim=embedding_dim, sim_dim=embedding_dim, context_dim=p["cemiface"]["context_dim"])
         return CemiFacePipeline(unet=build_unet(p, cond.context_dim, "scale_shift"), conditioner=cond, scheduler=sched)
     if p["method"] != "id3":
-        raise ValueError(f"generator.method {p['method']!r}: build_pipeline makes id3 and cemiface generators")
+        raise ValueError(f"generator.method {p['method']!r}: build_pipeline makes id3 and cemiface generators "
+                         "(idbooth's comes from its base model: tasks/train_idbooth.py)")
     cond = ID3Conditioner(embedding_dim=embedding_dim, attribute_dim=attribute_dim, hidden_dims=tuple(p["conditioner_dims"]))
     return ID3Pipeline(unet=build_unet(p, cond.context_dim), conditioner=cond, scheduler=sched)
 
@@ -92,7 +94,11 @@ def train_generator(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: 
               encoder, p: dict, ckpt_dir: Path, device: str = "cpu",
               log: Callable[[str], None] = print, fingerprint: str = "",
               progress: Callable[[float], None] | None = None) -> tuple[ID3Pipeline, dict]:
-    """ID3 (p["method"] == "id3") or CemiFace; `attr_of` (key -> yaw, pitch, roll) is read by ID3 only."""
+    """ID3 (p["method"] == "id3"), CemiFace or ID-Booth; `attr_of` (key -> yaw, pitch, roll) is read by ID3
+    only, `emb_of` by ID3 and CemiFace (ID-Booth's identities are the real ones, its LoRAs their embedding)."""
+    if p["method"] == "idbooth":
+        from .train_idbooth import train_idbooth  # imports this module's to_resolution
+        return train_idbooth(shards, encoder, p, ckpt_dir, device, log, fingerprint, progress)
     torch.manual_seed(p["seed"])
     id3 = p["method"] == "id3"
     emb_dim = len(next(iter(emb_of.values())))
@@ -162,3 +168,11 @@ def train_generator(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: 
     pipe.to("cpu")
     return pipe, {"steps": step, "resumed_from": start, "history": history,
                   "images_per_s": (step - start) * p["batch_size"] / max(time.time() - t0, 1e-9)}
+
+
+def pipeline_files(pipe) -> dict[str, bytes]:
+    """The pipeline's diffusers folder as {relative path: bytes}: configs and weights of any method's generator,
+    e.g. as a cached task result the flow writes out unchanged."""
+    with tempfile.TemporaryDirectory() as d:
+        pipe.save_pretrained(d)
+        return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(Path(d).rglob("*")) if f.is_file()}
