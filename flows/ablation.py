@@ -65,7 +65,8 @@ def read_metrics(ref: str | None) -> tuple[dict, dict, dict]:
 
 
 def row(label: str, overrides: dict, report: dict, quality: dict, params: dict) -> dict:
-    name, synth = next((k, v) for k, v in report.items() if k.startswith("synthetic"))
+    # the generated set's row: "synthetic (<method>)", or ID-Booth's "real + generated (idbooth)"
+    name, synth = next((k, v) for k, v in report.items() if not k.startswith("real ("))
     held = synth["benchmarks"]["lfw_heldout"]
     judge = quality["synthetic"]["judge (dlib)"]
     enc = quality["synthetic"]["encoder"]

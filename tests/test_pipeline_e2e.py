@@ -4,7 +4,8 @@ an ablation experiment changing sample.* reruns only sample and what follows it;
 reruns the generator and what follows it, and the method table compares it with ID3; a .bin dropped into the
 benchmarks folder reruns evaluate alone and becomes a report column (here the held-out pairs again, so
 its figures must equal lfw_heldout's exactly: reader and builder agree); align and package killed with
-SIGKILL and rerun give the same bytes; then the dataset product (check_dataset_product). Every stage
+SIGKILL and rerun give the same bytes; then the dataset product (check_dataset_product). generator.method=idbooth
+reruns the same stages and packages the augmented set (real + generated faces of the same people). Every stage
 process talks to one Prefect server (conftest.prefect_api) instead of starting its own."""
 import json
 import os
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from conftest import ROOT, lfw_dir, output_files, without_prefect
@@ -27,9 +29,11 @@ MICRO = {
                 "epochs": 2, "batch_size": 16, "milestones": [1], "warmup_steps": 2},
     "generator": {"resolution": 16, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1,
                                              "attention_head_dim": 8, "norm_num_groups": 8},
-                  "conditioner_dims": [32, 32, 32], "steps": 4, "batch_size": 8, "checkpoint_every": 2},
+                  "conditioner_dims": [32, 32, 32], "steps": 4, "batch_size": 8, "checkpoint_every": 2,
+                  "idbooth": {"vae_steps": 4, "base_steps": 4, "num_identities": 4, "lora_steps": 2, "lora_batch_size": 2,
+                              "prior_images": 4, "prior_steps": 3}},
     "sample": {"num_identities": 4, "embeddings_per_identity": 2, "images_per_embedding": 1, "anchor_iters": 20,
-               "num_inference_steps": 3, "block_size": 2, "batch_size": 8},
+               "num_inference_steps": 3, "block_size": 2, "batch_size": 8, "idbooth": {"num_inference_steps": 3}},
     # 4 micro identities of one 16 px face: calibrated filters would leave one (tests/test_filters.py covers them)
     "package": {"shard_size": 5, "privacy_threshold": {"encoder": 0.999, "judge": 0.999}, "unique_radius": 1.0},
     # both FR stages train data-parallel: two gloo processes under torchrun (tasks/fr_dist.py)
@@ -122,7 +126,7 @@ def test_dvc_repro_micro(tmp_path, prefect_api):
     exp_quality = json.loads((proj / "metrics" / "quality.json").read_text())
     run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
     run(["dvc", "checkout", "--quiet"], proj, env)
-    check_cemiface_experiment(proj, env, report)
+    check_method_experiments(proj, env, report)
     run([sys.executable, "-m", "flows.ablation"], proj, env)
     table = json.loads((proj / "metrics" / "ablation.json").read_text())
     assert [r["variant"][:3] for r in table["rows"]] == ["(a)", "(c)"]
@@ -148,28 +152,54 @@ def test_dvc_repro_micro(tmp_path, prefect_api):
     check_dataset_product(proj, env, p)
 
 
-def check_cemiface_experiment(proj: Path, env: dict, report: dict) -> None:
-    """Issue 6: one parameter selects CemiFace; the experiment retrains the generator and reruns what follows
-    it (never align, the encoder or the real-data FR model), and the method table gets a row per method
-    under the same FR recipe."""
-    out = run(["dvc", "exp", "run", "-n", "method-cemiface", "-S", "generator.method=cemiface"], proj, env)
-    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
-    assert ran == {"train_generator", "sample", "package", "train_fr", "evaluate"}, out
-    assert json.loads((proj / "artifacts" / "generator" / "pipeline" / "model_index.json").read_text())["_class_name"] == "CemiFacePipeline"
-    cemi = json.loads((proj / "metrics" / "report.json").read_text())
-    assert list(cemi) == ["real (LFW train split)", "synthetic (cemiface)"]
-    assert cemi["real (LFW train split)"] == report["real (LFW train split)"]  # the same real baseline, not retrained
-    assert json.loads((proj / "artifacts" / "sample" / "run.json").read_text())["method"] == "cemiface"
-    run(["git", "reset", "-q", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
-    run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
-    run(["dvc", "checkout", "--quiet"], proj, env)
+def check_method_experiments(proj: Path, env: dict, report: dict) -> None:
+    """Issue 6: one parameter selects CemiFace or ID-Booth; each experiment retrains the generator and reruns
+    what follows it (never align, the encoder or the real-data FR model), and the method table gets a row per
+    method under the same FR recipe. ID-Booth's dataset is the augmented real set."""
+    rows = {}
+    for method, pipeline, name in (("cemiface", "CemiFacePipeline", "synthetic (cemiface)"),
+                                   ("idbooth", "IDBoothPipeline", "real + generated (idbooth)")):
+        out = run(["dvc", "exp", "run", "-n", f"method-{method}", "-S", f"generator.method={method}"], proj, env)
+        ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+        assert ran == {"train_generator", "sample", "package", "train_fr", "evaluate"}, out
+        assert json.loads((proj / "artifacts" / "generator" / "pipeline" / "model_index.json").read_text())["_class_name"] == pipeline
+        rows[method] = json.loads((proj / "metrics" / "report.json").read_text())
+        assert list(rows[method]) == ["real (LFW train split)", name]
+        assert rows[method]["real (LFW train split)"] == report["real (LFW train split)"]  # the same real baseline, not retrained
+        assert json.loads((proj / "artifacts" / "sample" / "run.json").read_text())["method"] == method
+        if method == "idbooth":
+            check_augmented_set(proj)
+        run(["git", "reset", "-q", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
+        run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
+        run(["dvc", "checkout", "--quiet"], proj, env)
     run([sys.executable, "-m", "flows.ablation", "--study", "methods"], proj, env)
     table = json.loads((proj / "metrics" / "methods.json").read_text())
-    assert [(r["method"], r["training_set"]) for r in table["rows"]] == [("id3", "synthetic (id3)"), ("cemiface", "synthetic (cemiface)")]
-    assert table["missing"] == [] and table["rows"][0]["fr_recipe"] == table["rows"][1]["fr_recipe"]
-    assert table["rows"][1]["average_accuracy"] == cemi["synthetic (cemiface)"]["average_accuracy"]
+    assert [(r["method"], r["training_set"]) for r in table["rows"]] == [
+        ("id3", "synthetic (id3)"), ("cemiface", "synthetic (cemiface)"), ("idbooth", "real + generated (idbooth)")]
+    assert table["missing"] == [] and len({r["fr_recipe"] for r in table["rows"]}) == 1
+    assert table["rows"][1]["average_accuracy"] == rows["cemiface"]["synthetic (cemiface)"]["average_accuracy"]
+    assert table["rows"][2]["average_accuracy"] == rows["idbooth"]["real + generated (idbooth)"]["average_accuracy"]
     md = (proj / "metrics" / "methods.md").read_text()
-    assert "| synthetic (cemiface) |" in md and "| real (LFW train split) |" in md and "not comparable" not in md
+    assert "| synthetic (cemiface) |" in md and "| real + generated (idbooth) |" in md and "| real (LFW train split) |" in md
+    assert "not comparable" not in md
+
+
+def check_augmented_set(proj: Path) -> None:
+    """ID-Booth's product: each personalised person's real training faces and its renders under one label."""
+    ds = proj / "artifacts" / "dataset"
+    m = pd.read_parquet(ds / "manifest.parquet")
+    align = pd.read_parquet(proj / "artifacts" / "align" / "manifest.parquet")
+    gen, real = m[m["source"] == "generated"], m[m["source"] == "real"]
+    assert len(gen) == 8 and set(gen["prompt"].str[:19]) == {"photo of sks person"}
+    assert set(real["real_label"]) == set(gen["real_label"]) and len(set(real["real_label"])) == 4
+    per_person = align[align["split"] == "train"].groupby("label").size()
+    assert len(real) == int(per_person[sorted(set(real["real_label"]))].sum())  # every real face of those people
+    assert (m.groupby("label")["real_label"].nunique() == 1).all()  # one label, one real person
+    counts = json.loads((ds / "counts.json").read_text())
+    assert counts["real_images_out"] == len(real) and counts["generated_images_out"] == len(gen)
+    assert counts["dropped"]["privacy_encoder"] == counts["dropped"]["privacy_judge"] == 0  # real people by design
+    card = (ds / "README.md").read_text()
+    assert "augmented face-recognition dataset (ID-Booth)" in card and "**Real people.**" in card
 
 
 def check_kill_and_rerun(proj: Path, env: dict) -> None:
