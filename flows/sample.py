@@ -25,10 +25,10 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
 from models import load_pipeline, pipeline_class
-from tasks.encoder import load_encoder
-from tasks.io import write_npy, write_parquet
 from models.idbooth import bank_labels
 from tasks.align import MTCNNDetector, align_generated
+from tasks.encoder import load_encoder
+from tasks.io import write_npy, write_parquet
 from tasks.sample import plan_identities, render_block, sampling
 from tasks.shards import file_lock, write_tar_if_changed
 

@@ -60,8 +60,11 @@ def train_generator_flow(params_path: str = "params.yaml") -> dict:
     rec = RunRecord("train_generator", p, out, {"attributes": align / "attributes.parquet", "encoder": enc_dir,
                                                 **{s.name: s for s in shards}})
     files, real, stats, sizes = train_generator_task(shards, enc_dir, align / "attributes.parquet", p)
-    for stale in (f for f in (out / "pipeline").rglob("*") if f.is_file() and f.relative_to(out / "pipeline").as_posix() not in files):
-        stale.unlink()  # another method's components
+    for stale in sorted((out / "pipeline").rglob("*"), reverse=True):  # another method's components (files, then folders)
+        if stale.is_file() and stale.relative_to(out / "pipeline").as_posix() not in files:
+            stale.unlink()
+        elif stale.is_dir() and not any(stale.iterdir()):
+            stale.rmdir()
     for rel, data in files.items():
         write_bytes(out / "pipeline" / rel, data)
     with atomic_path(out / "real_stats.npz") as tmp:
