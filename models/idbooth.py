@@ -230,17 +230,20 @@ class IDBoothPipeline(DiffusionPipeline):
                     num_inference_steps: int = 30, sampler: str = "ddim", guidance_scale: float = 5.0, **_unused) -> list:
         """Render plan rows (bank index "lora", "prompt", "seed") identity by identity, in fixed-shape batches
         (the last padded) as ID3Pipeline.render_rows does; `embeddings`, `anchors` and identity guidance do not
-        apply (the LoRA holds the identity)."""
+        apply (the LoRA holds the identity). A batch holds one identity's rows, so its shape is
+        min(batch_size, that identity's row count): the same wherever the identity is rendered, as long as its
+        rows come whole (the sample stage's blocks hold whole identities), and no batch is mostly padding."""
         images = []
         start = 0
         while start < len(rows):
             end = start
             while end < len(rows) and rows[end]["lora"] == rows[start]["lora"]:
                 end += 1
-            for b in range(start, end, batch_size):
-                part = rows[b:min(b + batch_size, end)]
+            size = min(batch_size, end - start)
+            for b in range(start, end, size):
+                part = rows[b:min(b + size, end)]
                 n = len(part)
-                part = part + [part[-1]] * (batch_size - n)
+                part = part + [part[-1]] * (size - n)
                 out = self([r["prompt"] for r in part], [r["seed"] for r in part], int(part[0]["lora"]),
                            num_inference_steps, sampler, guidance_scale, output_type=output_type)
                 images += list(out[:n])
