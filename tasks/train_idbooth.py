@@ -8,7 +8,8 @@ generator.method = idbooth.
 1. Base model: generator.idbooth.base_model, a local diffusers folder in the Stable Diffusion 2.1-base
    layout (its weights stay frozen), or, when unset, models/idbooth.tiny_ldm pretrained here on the
    training faces: the VAE (reconstruction + KL) for vae_steps, then the UNet on "photo of a person" for
-   base_steps. No SD weights can be downloaded here, so the demo learns its own small base.
+   base_steps, with the empty prompt for a generator.cond_drop share (the unconditional model CFG needs).
+   No SD weights can be downloaded here, so the demo learns its own small base.
 2. Prior images: prior_images renders of the class prompt by the base model (DreamBooth's class images),
    prior_steps steps at CFG prior_guidance; they are the prior-preservation targets and the triplet negatives.
 3. Per identity - the first num_identities real training identities (by label) with at least min_images
@@ -106,7 +107,7 @@ def pretrain_base(pipe, shards: list[Path], num_samples: int, p: dict, ckpt_dir:
         x, _, _ = next(iter(loader(shards, min(256, num_samples), p["seed"], 0, 0)))
         std = float(vae.encode(to_resolution(x, res).to(device)).latent_dist.mean.std())
     vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
-    ctx = encode_prompts(pipe, [CLASS_PROMPT])
+    ctx, empty = encode_prompts(pipe, [CLASS_PROMPT]), encode_prompts(pipe, [""])
 
     def unet_step(x, g):
         x = to_resolution(x, res).to(device)
@@ -116,7 +117,10 @@ def pretrain_base(pipe, shards: list[Path], num_samples: int, p: dict, ckpt_dir:
             lat = vae.encode(x).latent_dist.sample(g) * vae.config.scaling_factor
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=g).to(device)
         eps = torch.randn(lat.shape, generator=g).to(device)
-        pred = unet(sched.add_noise(lat, eps, t), t, encoder_hidden_states=ctx.expand(len(x), -1, -1)).sample
+        # the empty prompt for a cond_drop share: guidance (CFG) needs the unconditional model SD learnt this way
+        drop = (torch.rand(len(x), generator=g) < p["cond_drop"])[:, None, None].to(device)
+        c = torch.where(drop, empty.expand(len(x), -1, -1), ctx.expand(len(x), -1, -1))
+        pred = unet(sched.add_noise(lat, eps, t), t, encoder_hidden_states=c).sample
         return {"loss": F.mse_loss(pred, eps)}
 
     unet.train()

@@ -63,7 +63,8 @@ def test_folder_round_trip_and_lora_is_all_that_trains(tmp_path):
 IP = {"base_model": None, "base_width": 32, "vae_steps": 2, "base_steps": 2, "kl_weight": 1e-4, "num_identities": 2,
       "min_images": 2, "rank": 4, "lora_steps": 2, "lora_lr": 1e-3, "lora_batch_size": 2, "prior_images": 3, "prior_steps": 2,
       "prior_guidance": 5.0, "margin": 1.0, "id_weight": 1.0, "face_check": False}
-GP = {"method": "idbooth", "resolution": 16, "steps": 2, "batch_size": 4, "lr": 3e-4, "checkpoint_every": 1, "seed": 0, "idbooth": IP}
+GP = {"method": "idbooth", "resolution": 16, "steps": 2, "batch_size": 4, "lr": 3e-4, "checkpoint_every": 1, "seed": 0,
+      "cond_drop": 0.5, "idbooth": IP}
 SI = {**S, "embeddings_per_identity": 1, "images_per_embedding": 3, "batch_size": 2,
       "idbooth": {"num_inference_steps": 2, "sampler": "ddim", "guidance_scale": 5.0, "poses": ["", "looking left", "smiling"],
                   "backgrounds": ["", "in a park"], "align": True, "align_min_score": 0.9}}
