@@ -156,7 +156,7 @@ def ablation(run: bool = False, only: list[str] | None = None, study: str = "abl
         else:
             missing.append(name)
     out = ROOT / "metrics"
-    real = next(({"name": k, **v} for k, v in read_metrics(None)[0].items() if k.startswith("real")), None)
+    real = next(({"name": k, **v} for k, v in read_metrics(None)[0].items() if k.startswith("real (")), None)
     write_json(out / f"{study}.json", {"rows": rows, "missing": missing} | ({"real": real} if study == "methods" else {}))
     text = methods_markdown(rows, real) if study == "methods" else markdown(rows)
     cmd = f"python -m flows.ablation{'' if study == 'ablation' else ' --study ' + study} --run --only {' '.join(missing)}"
