@@ -85,6 +85,9 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     rec = RunRecord("package", p, out, {"sample": smp, "encoder": enc_dir, "align_manifest": align / "manifest.parquet"})
     plan = pd.read_parquet(smp / "plan.parquet").set_index("key")
     augment = json.loads((smp / "run.json").read_text()).get("method") == "idbooth"  # real identities: the augmented set
+    if augment:  # whether the aligner found each render's face is known once rendered: the blocks' json, not the plan
+        rendered = {s["__key__"]: json.loads(s["json"]) for b in blocks for s in read_tar(b)}
+        plan["aligned"] = [bool(rendered.get(k, {}).get("aligned", False)) for k in plan.index]
     am = pd.read_parquet(align / "manifest.parquet")
     am = am[am["split"] == "train"]
     real_shards = sorted(align / s for s in am["shard"].unique())

@@ -197,6 +197,7 @@ def check_augmented_set(proj: Path) -> None:
     assert (m.groupby("label")["real_label"].nunique() == 1).all()  # one label, one real person
     counts = json.loads((ds / "counts.json").read_text())
     assert counts["real_images_out"] == len(real) and counts["generated_images_out"] == len(gen)
+    assert counts["aligned"] == gen["aligned"].astype(float).mean() and real["aligned"].isna().all()
     assert counts["dropped"]["privacy_encoder"] == counts["dropped"]["privacy_judge"] == 0  # real people by design
     card = (ds / "README.md").read_text()
     assert "augmented face-recognition dataset (ID-Booth)" in card and "**Real people.**" in card
