@@ -37,12 +37,11 @@ def plan_identities(real: dict, p: dict, pool: np.ndarray, method: str = "id3") 
     if method not in METHODS:
         raise ValueError(f"sample: no plan for generator method {method!r} (one of {METHODS})")
     emb, labels = real["embeddings"], real["labels"]
-    _, centres = identity_centres(emb, labels)
+    ids, centres = identity_centres(emb, labels)
     images = p["embeddings_per_identity"] * p["images_per_embedding"]
     if method == "idbooth":  # the real identities the generator personalised, in its bank's order
-        ids, real_c = identity_centres(emb, labels)
         personal = np.asarray(real["personalised"], dtype=int)[:p["num_identities"]]
-        anchors = real_c[np.searchsorted(ids, personal)]
+        anchors = centres[np.searchsorted(ids, personal)]
         q = p["idbooth"]
         rows = [{**r, "real_label": int(personal[r["identity"]])}
                 for r in plan_prompt_rows(len(personal), images, INSTANCE_PROMPT, q["poses"], q["backgrounds"], p["seed"])]
