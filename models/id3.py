@@ -200,6 +200,19 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
     return x.clamp(-1, 1)
 
 
+def to_output(x: torch.Tensor, output_type: str):
+    """A pipeline's N x 3 x H x W batch in [-1, 1] as "pt" (itself), "np" (N x H x W x 3 uint8) or "pil"."""
+    if output_type == "pt":
+        return x
+    arr = ((x.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if output_type == "np":
+        return arr
+    if output_type == "pil":
+        from PIL import Image
+        return [Image.fromarray(a) for a in arr]
+    raise ValueError(f"unknown output_type {output_type!r}: use 'pt', 'np' or 'pil'")
+
+
 class ID3Pipeline(DiffusionPipeline):
     """unet + conditioner + scheduler, saved and loaded with save_pretrained / from_pretrained.
 
@@ -227,15 +240,7 @@ class ID3Pipeline(DiffusionPipeline):
         x = id3_sample(self.unet, self.conditioner, sched, F.normalize(torch.as_tensor(embeddings).float(), dim=1).to(dev),
                        torch.as_tensor(attributes).float().to(dev), seeds, num_inference_steps, guidance_scale, id_weight,
                        beta, f, others, exclude, guidance_schedule)
-        if output_type == "pt":
-            return x
-        arr = ((x.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        if output_type == "np":
-            return arr
-        if output_type == "pil":
-            from PIL import Image
-            return [Image.fromarray(a) for a in arr]
-        raise ValueError(f"unknown output_type {output_type!r}: use 'pt', 'np' or 'pil'")
+        return to_output(x, output_type)
 
     def sample_anchors(self, anchors, attribute_pool, embeddings_per_identity: int = 25, images_per_embedding: int = 2,
                        v_low: float = 0.7, v_high: float = 0.9, seed: int = 0, identities: Sequence[int] | None = None,

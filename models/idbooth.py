@@ -20,7 +20,7 @@ from diffusers import DiffusionPipeline, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch.nn import functional as F
 
-from .id3 import initial_noise, make_scheduler, step_noise
+from .id3 import initial_noise, make_scheduler, step_noise, to_output
 
 INSTANCE_PROMPT = "photo of sks person"
 CLASS_PROMPT = "photo of a person"
@@ -216,15 +216,7 @@ class IDBoothPipeline(DiffusionPipeline):
                 pred = unc + guidance_scale * (cond - unc)
             lat = sched.step(pred, t, lat, **noise).prev_sample
         x = self.vae.decode(lat / self.vae.config.scaling_factor).sample.clamp(-1, 1)
-        if output_type == "pt":
-            return x
-        arr = ((x.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        if output_type == "np":
-            return arr
-        if output_type == "pil":
-            from PIL import Image
-            return [Image.fromarray(a) for a in arr]
-        raise ValueError(f"unknown output_type {output_type!r}: use 'pt', 'np' or 'pil'")
+        return to_output(x, output_type)
 
     def render_rows(self, embeddings, anchors, rows: list[dict], batch_size: int, output_type: str = "pt",
                     num_inference_steps: int = 30, sampler: str = "ddim", guidance_scale: float = 5.0, **_unused) -> list:
