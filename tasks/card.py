@@ -79,6 +79,11 @@ def write_card(path, counts: dict, privacy: dict, shards: list[dict], runs: dict
         planned = (f"{s['num_identities']} identities x {s['embeddings_per_identity']} embeddings x {s['images_per_embedding']} images;\n"
                    f"  {s['sampler']} {s['num_inference_steps']} steps, ID-preserving guidance weight {s['id_weight']} (beta {s['beta']}),\n"
                    f"  anchors: {s['anchors']} (kept below cosine {s['privacy_threshold']} to every real training identity by the encoder)")
+    # An augmented set's people are real on purpose: its privacy thresholds and r-ball were computed but not applied.
+    settings = ("privacy filters and uniqueness r-ball not applied (real identities by design; audit thresholds encoder "
+                f"{privacy['thresholds']['encoder']:.3f}, judge {privacy['thresholds']['judge']:.3f})" if augment else
+                f"privacy thresholds (identity-centre cosine) encoder {privacy['thresholds']['encoder']:.3f}, judge "
+                f"{privacy['thresholds']['judge']:.3f}; uniqueness `{pk['uniqueness']}`{unique}")
     if augment:
         head = f"""# synthface augmented face-recognition dataset (ID-Booth)
 
@@ -116,8 +121,7 @@ threshold were dropped."""
 |---|---|
 {dropped}
 
-Settings: privacy thresholds (identity-centre cosine) encoder {privacy['thresholds']['encoder']:.3f}, judge
-{privacy['thresholds']['judge']:.3f}; uniqueness `{pk['uniqueness']}`{unique}; minimum
+Settings: {settings}; minimum
 consistency {pk['min_consistency']}; face filter {'on' if pk['face_filter'] else 'off'}; at least
 {pk['min_images_per_identity']} images per identity. Thresholds calibrated on the real training faces
 (half-identity centres vs other identities' half-centres): {calibrated or 'none (all given in params)'}.
