@@ -21,9 +21,12 @@ def lfw_dir() -> Path:
 
 
 def pytest_collection_modifyitems(items):
-    """The end-to-end test first: it is the longest, so under xdist (`make test`: -n 2) it starts at once and
-    the other tests share the second worker meanwhile."""
-    items.sort(key=lambda item: "test_pipeline_e2e" not in item.nodeid)
+    """The end-to-end DAG test first: it builds the micro baseline (the longest piece), so under xdist (`make test`:
+    -n 2) it starts at once while the other tests share the second worker; the method experiments, which start
+    from the same baseline, last, by when it is built."""
+    def order(item):
+        return 0 if "test_dvc_repro_micro" in item.nodeid else 2 if "test_method_experiments" in item.nodeid else 1
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")

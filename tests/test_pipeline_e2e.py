@@ -1,12 +1,17 @@
-"""End to end: `dvc repro` of the whole DAG on a micro configuration of real LFW faces, in a temporary
-copy of the project, both FR stages data-parallel over two processes. Then: a second repro is a no-op;
-an ablation experiment changing sample.* reruns only sample and what follows it; generator.method=cemiface
-reruns the generator and what follows it, and the method table compares it with ID3; a .bin dropped into the
-benchmarks folder reruns evaluate alone and becomes a report column (here the held-out pairs again, so
-its figures must equal lfw_heldout's exactly: reader and builder agree); align and package killed with
-SIGKILL and rerun give the same bytes; then the dataset product (check_dataset_product). generator.method=idbooth
-reruns the same stages and packages the augmented set (real + generated faces of the same people). Every stage
-process talks to one Prefect server (conftest.prefect_api) instead of starting its own."""
+"""End to end on a micro configuration of real LFW faces: `dvc repro` of the whole DAG in a temporary copy of the
+project (built once per test session by the micro_baseline fixture, both FR stages data-parallel over two
+processes); each test then works on its own copy of it.
+
+test_dvc_repro_micro: the DAG's outputs; a second repro is a no-op; an ablation experiment changing sample.*
+reruns only sample and what follows it; a .bin dropped into the benchmarks folder reruns evaluate alone and
+becomes a report column (here the held-out pairs again, so its figures must equal lfw_heldout's exactly); align
+and package killed with SIGKILL and rerun give the same bytes; then the dataset product (check_dataset_product).
+test_method_experiments: generator.method=cemiface and =idbooth rerun the generator and what follows it, ID-Booth
+packages the augmented set (real + generated faces of the same people), and the method table compares all
+three. Every stage process talks to one Prefect server (conftest.prefect_api) instead of starting its own.
+
+    pytest -q -n 2 tests/test_pipeline_e2e.py   # the two tests on two workers, one baseline build
+"""
 import json
 import os
 import random
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import ROOT, lfw_dir, output_files, without_prefect
@@ -62,8 +68,16 @@ def run(cmd, cwd, env):
     return r.stdout + r.stderr
 
 
-def test_dvc_repro_micro(tmp_path, prefect_api):
-    proj = tmp_path / "proj"
+def project_env(prefect_api: str) -> dict:
+    """A stage process's environment: results and caches in the project's own Prefect home, the API of this
+    worker's test server."""
+    return {**without_prefect(os.environ), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "SYNTHFACE_LFW_DIR": str(lfw_dir()), "PREFECT_API_URL": prefect_api}
+
+
+def build_baseline(proj: Path, env: dict) -> None:
+    """The micro project: a copy of the pipeline with MICRO params, LFW fetched and tracked, `dvc repro` of every
+    stage, committed as 'baseline'. The repro's log is kept beside the project (repro.log)."""
     keep = ["flows", "tasks", "models", "benchmarks", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".dvc/plots",
             ".dvcignore", ".gitignore"]
     for k in keep:
@@ -75,13 +89,47 @@ def test_dvc_repro_micro(tmp_path, prefect_api):
             shutil.copy2(src, proj / k)
     p = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), MICRO)
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    # results and caches in the project's own Prefect home; every stage process talks to one test server
-    env = {**without_prefect(os.environ), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "SYNTHFACE_LFW_DIR": str(lfw_dir()), "PREFECT_API_URL": prefect_api}
     run(["git", "init", "-q"], proj, env)
+    run(["git", "config", "user.name", "synthface-test"], proj, env)
+    run(["git", "config", "user.email", "test@synthface.invalid"], proj, env)
     run([sys.executable, "-m", "flows", "fetch-data"], proj, env)
     run(["dvc", "add", "-q", "data"], proj, env)
     out = run(["dvc", "repro"], proj, env)
+    run(["git", "add", "-A"], proj, env)
+    run(["git", "commit", "-qm", "baseline"], proj, env)
+    (proj.parent / "repro.log").write_text(out)
+
+
+@pytest.fixture(scope="session")
+def micro_baseline(tmp_path_factory, prefect_api, worker_id) -> Path:
+    """The micro DAG run once per test session: under xdist the workers share one build (a file lock in their
+    common temporary folder), and each test works on its own copy (copy_baseline)."""
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # shared by the workers of this session
+    base = root / "micro-baseline"
+    with FileLock(str(root / "micro-baseline.lock")):
+        if not (base / "done").is_file():
+            shutil.rmtree(base, ignore_errors=True)
+            (base / "proj").mkdir(parents=True)
+            build_baseline(base / "proj", project_env(prefect_api))
+            (base / "done").touch()
+    return base / "proj"
+
+
+def copy_baseline(baseline: Path, dest: Path) -> Path:
+    """A private copy of the built micro project: git, DVC cache, artifacts and its Prefect home (paths there are
+    derived from the project folder, so the copy's caches are its own)."""
+    shutil.copytree(baseline, dest, symlinks=True)
+    return dest
+
+
+def test_dvc_repro_micro(tmp_path, prefect_api, micro_baseline):
+    proj = copy_baseline(micro_baseline, tmp_path / "proj")
+    env = project_env(prefect_api)
+    p = yaml.safe_load((proj / "params.yaml").read_text())
+    out = (micro_baseline.parent / "repro.log").read_text()
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     report = json.loads((proj / "metrics" / "report.json").read_text())
@@ -111,22 +159,17 @@ def test_dvc_repro_micro(tmp_path, prefect_api):
     counts = json.loads((proj / "artifacts" / "align" / "counts.json").read_text())
     assert counts["accepted"] + counts["rejected"] == counts["inputs"]
     assert counts["train_images"] + counts["eval_images"] == counts["accepted"] and counts["train_identities"] == 12
-    # nothing changed: a no-op
+    # nothing changed (and the copy is a different folder): a no-op
     out = run(["dvc", "repro"], proj, env)
     assert "Running stage" not in out
     # an ablation is a DVC experiment: variant (c) changes sample.* and reruns sample and what follows it,
     # nothing upstream; the table is read from the experiment's git ref
-    run(["git", "config", "user.name", "synthface-test"], proj, env)
-    run(["git", "config", "user.email", "test@synthface.invalid"], proj, env)
-    run(["git", "add", "-A"], proj, env)
-    run(["git", "commit", "-qm", "baseline"], proj, env)
     out = run(["dvc", "exp", "run", "-n", "id3-beta0", "-S", "sample.beta=0"], proj, env)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
     assert {"sample", "evaluate"} <= ran <= {"sample", "package", "train_fr", "evaluate"}, out
     exp_quality = json.loads((proj / "metrics" / "quality.json").read_text())
     run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
     run(["dvc", "checkout", "--quiet"], proj, env)
-    check_method_experiments(proj, env, report)
     run([sys.executable, "-m", "flows.ablation"], proj, env)
     table = json.loads((proj / "metrics" / "ablation.json").read_text())
     assert [r["variant"][:3] for r in table["rows"]] == ["(a)", "(c)"]
@@ -152,10 +195,13 @@ def test_dvc_repro_micro(tmp_path, prefect_api):
     check_dataset_product(proj, env, p)
 
 
-def check_method_experiments(proj: Path, env: dict, report: dict) -> None:
+def test_method_experiments(tmp_path, prefect_api, micro_baseline):
     """Issue 6: one parameter selects CemiFace or ID-Booth; each experiment retrains the generator and reruns
     what follows it (never align, the encoder or the real-data FR model), and the method table gets a row per
     method under the same FR recipe. ID-Booth's dataset is the augmented real set."""
+    proj = copy_baseline(micro_baseline, tmp_path / "proj")
+    env = project_env(prefect_api)
+    report = json.loads((proj / "metrics" / "report.json").read_text())
     rows = {}
     for method, pipeline, name in (("cemiface", "CemiFacePipeline", "synthetic (cemiface)"),
                                    ("idbooth", "IDBoothPipeline", "real + generated (idbooth)")):
