@@ -2,7 +2,7 @@
 
 Importing this package points Prefect at a project-local home (an ephemeral server on SQLite under
 .prefect/, analytics off) before prefect itself is imported, so every run works offline. Training
-checkpoints go to .prefect/checkpoints/ (CHECKPOINTS).
+checkpoints go to .prefect/checkpoints/ (CHECKPOINTS), large result files to .prefect/blobs/ (BLOBS).
 """
 import os
 from pathlib import Path
@@ -12,6 +12,8 @@ _home = Path(os.environ.get("SYNTHFACE_PREFECT_HOME", ROOT / ".prefect"))
 # resumable training state lives beside Prefect's result cache (git- and dvc-ignored), never in a stage's
 # outputs: dvc repro deletes those before it reruns the stage
 CHECKPOINTS = _home / "checkpoints"
+# large files of cached task results (a frozen Stable Diffusion base), by sha256: results hold references
+BLOBS = _home / "blobs"
 os.environ.setdefault("PREFECT_HOME", str(_home))
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(_home / "storage"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

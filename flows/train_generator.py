@@ -5,7 +5,8 @@
 Writes artifacts/generator/pipeline (diffusers format: `models.load_pipeline`) and
 real_stats.npz (the encoder's embeddings, labels and keys of the real training faces, for anchors).
 Conditioning attributes come from the align stage's pool, artifacts/align/attributes.parquet.
-Checkpoints go to CHECKPOINTS/train_generator-<content key> (flows/__init__.py; never a stage output, so
+Files over 64 MiB (an ID-Booth base model's frozen weights) are cached in BLOBS by sha256, not inside the task
+result. Checkpoints go to CHECKPOINTS/train_generator-<content key> (flows/__init__.py; never a stage output, so
 switching between experiments leaves the stage's outputs as DVC cached them), so a killed run resumes;
 the folder is removed once the outputs are written.
 """
@@ -19,10 +20,10 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 
 from tasks.encoder import load_encoder
-from tasks.io import atomic_path, write_bytes
-from tasks.train_generator import pipeline_files, real_embeddings, train_generator
+from tasks.io import atomic_path
+from tasks.train_generator import missing_blobs, pipeline_files, real_embeddings, train_generator, write_pipeline
 
-from . import CHECKPOINTS, ROOT
+from . import BLOBS, CHECKPOINTS, ROOT
 from .caching import content_key
 from .common import Progress, RunRecord, device, params, stage_dir
 
@@ -47,7 +48,7 @@ def train_generator_task(shards: list, encoder_dir, attributes, p: dict) -> tupl
                                   dev, log.warning, fingerprint, Progress("train_generator").fraction)
     real = {"embeddings": embs, "labels": labels, "keys": np.array(keys)}
     sizes = {n: sum(x.numel() for x in m.parameters()) for n, m in pipe.components.items() if hasattr(m, "parameters")}
-    return pipeline_files(pipe), real, stats, sizes
+    return pipeline_files(pipe, BLOBS), real, stats, sizes
 
 
 @flow(name="train_generator")
@@ -59,14 +60,17 @@ def train_generator_flow(params_path: str = "params.yaml") -> dict:
     shards = sorted(align / s for s in m[m["split"] == "train"]["shard"].unique())
     rec = RunRecord("train_generator", p, out, {"attributes": align / "attributes.parquet", "encoder": enc_dir,
                                                 **{s.name: s for s in shards}})
-    files, real, stats, sizes = train_generator_task(shards, enc_dir, align / "attributes.parquet", p)
+    args = (shards, enc_dir, align / "attributes.parquet", p)
+    files, real, stats, sizes = train_generator_task(*args)
+    if missing_blobs(files, BLOBS):  # a cached result whose large files were pruned from the Prefect home
+        get_run_logger().warning(f"train_generator: {missing_blobs(files, BLOBS)} gone from {BLOBS}: training again")
+        files, real, stats, sizes = train_generator_task.with_options(refresh_cache=True)(*args)
     for stale in sorted((out / "pipeline").rglob("*"), reverse=True):  # another method's components (files, then folders)
         if stale.is_file() and stale.relative_to(out / "pipeline").as_posix() not in files:
             stale.unlink()
         elif stale.is_dir() and not any(stale.iterdir()):
             stale.rmdir()
-    for rel, data in files.items():
-        write_bytes(out / "pipeline" / rel, data)
+    write_pipeline(files, out / "pipeline", BLOBS)
     with atomic_path(out / "real_stats.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **real)

@@ -2,7 +2,7 @@
 2; here, resumable, EMA) or ID-Booth (section 3; tasks/train_idbooth.py); diffusers format.
 
     pipe, stats = train_generator(shards, emb_of, attr_of, n, encoder, params["generator"], ckpt_dir, device, log)
-    pipe.save_pretrained("artifacts/generator/pipeline")      # or pipeline_files(pipe): {path: bytes}
+    pipe.save_pretrained("artifacts/generator/pipeline")      # or write_pipeline(pipeline_files(pipe, blobs), folder, blobs)
 
 Identity embeddings y come from the frozen encoder on each training face at the generator's resolution
 (what the generator can reproduce). ID3 also conditions on attributes s, the pose (yaw, pitch, roll)
@@ -13,8 +13,12 @@ data, encoder and code).
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +31,7 @@ from torch.nn import functional as F
 from models.cemiface import CemiConditioner, CemiFacePipeline, cemiface_loss
 from models.id3 import ID3Conditioner, ID3Pipeline, id3_loss
 from .fr_train import _sample_to_tensor, loader
-from .io import atomic_path
+from .io import atomic_path, write_bytes
 from .params import params_hash
 from .shards import read_tar
 
@@ -170,9 +174,51 @@ def train_generator(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: 
                   "images_per_s": (step - start) * p["batch_size"] / max(time.time() - t0, 1e-9)}
 
 
-def pipeline_files(pipe) -> dict[str, bytes]:
+@dataclass(frozen=True)
+class Blob:
+    """A file kept in a content-addressed folder (named by its sha256) instead of inside a task result."""
+    sha256: str
+    size: int
+
+
+def pipeline_files(pipe, blobs: Path | None = None, max_inline: int = 64 << 20) -> dict[str, bytes | Blob]:
     """The pipeline's diffusers folder as {relative path: bytes}: configs and weights of any method's generator,
-    e.g. as a cached task result the flow writes out unchanged."""
-    with tempfile.TemporaryDirectory() as d:
+    e.g. as a cached task result the flow writes out unchanged (write_pipeline). With `blobs`, a file over
+    `max_inline` bytes is moved there once and stands as a Blob: an ID-Booth pipeline on Stable Diffusion carries
+    GBs of frozen base weights, which a result (pickled in memory, stored per run) should not copy."""
+    out = {}
+    if blobs is not None:
+        Path(blobs).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=blobs) as d:  # beside the blobs: moving a file there is a rename
         pipe.save_pretrained(d)
-        return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(Path(d).rglob("*")) if f.is_file()}
+        for f in sorted(Path(d).rglob("*")):
+            if not f.is_file():
+                continue
+            rel, size = f.relative_to(d).as_posix(), f.stat().st_size
+            if blobs is None or size <= max_inline:
+                out[rel] = f.read_bytes()
+                continue
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+            out[rel] = Blob(h.hexdigest(), size)
+            if not (blobs / out[rel].sha256).is_file():
+                os.replace(f, blobs / out[rel].sha256)  # atomic: a blob is complete or absent
+    return out
+
+
+def missing_blobs(files: dict, blobs: Path | None) -> list[str]:
+    """The files of pipeline_files' result whose blob is gone (e.g. the Prefect home was pruned)."""
+    return [rel for rel, v in files.items() if isinstance(v, Blob)
+            and (blobs is None or not (blobs / v.sha256).is_file() or (blobs / v.sha256).stat().st_size != v.size)]
+
+
+def write_pipeline(files: dict, folder: Path, blobs: Path | None = None) -> None:
+    """Write pipeline_files' result as a diffusers folder, each file atomically; blobs are copied out of the store."""
+    for rel, v in files.items():
+        if isinstance(v, Blob):
+            with atomic_path(Path(folder) / rel) as tmp:
+                shutil.copyfile(blobs / v.sha256, tmp)
+        else:
+            write_bytes(Path(folder) / rel, v)

@@ -16,7 +16,7 @@ from models.idbooth import CLASS_PROMPT, INSTANCE_PROMPT, add_lora, bank_labels,
 from models.iresnet import IResNet
 from tasks.align import MTCNNDetector, align_generated
 from tasks.sample import plan_identities, render_block
-from tasks.train_generator import pipeline_files, train_generator
+from tasks.train_generator import Blob, missing_blobs, pipeline_files, train_generator, write_pipeline
 from test_id3 import POOL, S, real_stats
 from test_train_generator import lfw_face_shards
 
@@ -94,12 +94,19 @@ def test_training_personalises_each_real_identity_and_resumes(trained):
     # the saved base UNet is plain (the adapter lives in the bank) and the folder round-trips by its class
     files = pipeline_files(pipe)
     assert "bank/config.json" in files and not any("lora" in name for name in load_file_bytes(files["unet/diffusion_pytorch_model.safetensors"]))
-    for rel, data in files.items():
-        (tmp / "pipe" / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / "pipe" / rel).write_bytes(data)
+    # a file over max_inline (on Stable Diffusion: GBs of frozen base weights) leaves the result for a
+    # content-addressed store; the written folder is the same bytes either way
+    biggest = max(files, key=lambda rel: len(files[rel]))
+    refs = pipeline_files(pipe, tmp / "blobs", max_inline=len(files[biggest]) - 1)
+    assert isinstance(refs[biggest], Blob) and (tmp / "blobs" / refs[biggest].sha256).read_bytes() == files[biggest]
+    assert {rel: v for rel, v in refs.items() if rel != biggest} == {rel: v for rel, v in files.items() if rel != biggest}
+    write_pipeline(refs, tmp / "pipe", tmp / "blobs")
+    assert {rel: (tmp / "pipe" / rel).read_bytes() for rel in files} == files and missing_blobs(refs, tmp / "blobs") == []
     loaded = load_pipeline(tmp / "pipe")
     assert isinstance(loaded, IDBoothPipeline) and bank_labels(tmp / "pipe") == [0, 1]
     assert torch.equal(getattr(loaded.bank, k.replace(".", "__")), w)
+    (tmp / "blobs" / refs[biggest].sha256).unlink()  # a pruned store: the flow trains again instead of writing less
+    assert missing_blobs(refs, tmp / "blobs") == [biggest]
     # a rerun over the same checkpoints trains nothing again and gives the same bank
     again, st = train_generator(shards, {}, {}, 8, enc, GP, tmp / "ckpt", log=lambda s: None)
     assert st["lora_history"] == [] and st["pretrain"]["vae"]["resumed_from"] == 2
