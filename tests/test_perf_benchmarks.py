@@ -60,8 +60,12 @@ def test_sampler_sweep_scores_every_sampler_on_the_same_plan(art):
         assert 0 <= r["subset"]["saturated_pixel_share"] <= 1
     assert runs["ddim-50"]["all"]["images"] == 4 and 0 <= runs["ddim-50"]["all"]["diversity_pixel_rms"] <= 1
     v = out["verdict"]
-    assert v["reference"] == "ddim-50" and isinstance(v["target_holds"], bool) and v["favoured"] in runs
-    assert set(v["candidates"]) <= {"ddim-10", "dpmsolver++-10"} and set(v["meeting_target"]) <= set(v["candidates"])
+    assert v["reference"] == "ddim-50" and isinstance(v["target_holds"], bool)
+    # candidates: the 10-20 NFE samplers no more saturated than allowed (a random tiny UNet may saturate them all)
+    few = [k for k, r in runs.items() if 10 <= r["nfe_per_image"] <= 20
+           and r["all"]["saturated_pixel_share"] <= v["max_saturated_pixel_share"]]
+    assert v["candidates"] == sorted(few) and set(v["meeting_target"]) <= set(few)
+    assert v["favoured"] in few if few else v["favoured"] is None and v["favoured_vs_reference"] is None
 
 
 def test_throughput_measures_each_step_against_its_limit(art, lfw_files, tmp_path):
