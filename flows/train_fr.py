@@ -6,6 +6,7 @@ synthetic dataset and on the real aligned training faces, so the report compares
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,14 @@ def _train(stage: str, src: Path, m: pd.DataFrame, out: str, params_path: str) -
 @flow(name="train_fr")
 def train_fr_flow(params_path: str = "params.yaml") -> dict:
     ds = ROOT / "artifacts" / "dataset"
-    return _train("train_fr", ds, pd.read_parquet(ds / "manifest.parquet"), "fr_synthetic", params_path)
+    m = pd.read_parquet(ds / "manifest.parquet")
+    if m["label"].nunique() < 2:  # the package filters left too little to train on: say which, and what to change
+        counts = json.loads((ds / "counts.json").read_text())
+        dropped = ", ".join(f"{r} {n}" for r, n in counts["dropped"].items() if n)
+        raise ValueError(f"artifacts/dataset holds {m['label'].nunique()} identities ({len(m)} images); FR training needs at "
+                         f"least 2. The package filters dropped, in images: {dropped} (artifacts/dataset/counts.json). "
+                         "Sample more identities (sample.num_identities) or revisit [package]")
+    return _train("train_fr", ds, m, "fr_synthetic", params_path)
 
 
 @flow(name="train_fr_real")

@@ -1,7 +1,9 @@
 """The train_fr stage (`python -m flows train-fr`, a real subprocess) killed with SIGKILL after its second
 epoch and run again: it resumes from the checkpoint of its last finished epoch under the Prefect home,
 trains only the epochs after it, writes outputs equal to an uninterrupted run's, and removes the
-checkpoint folder once they are written."""
+checkpoint folder once they are written. A dataset the package filters left with one identity is refused
+with what dropped the rest."""
+import json
 import os
 import re
 import shutil
@@ -16,7 +18,7 @@ from conftest import ROOT, colour_faces, output_files, without_prefect
 TRAIN_FR = [sys.executable, "-m", "flows", "train-fr"]
 
 
-def _project(proj):
+def _project(proj, identities: int = 8):
     """flows/tasks/models, tiny train_fr params, and a packaged dataset of colour 'faces'."""
     import pandas as pd
 
@@ -28,7 +30,7 @@ def _project(proj):
                           "epochs": 4, "batch_size": 8, "milestones": [3], "warmup_steps": 2, "val_fraction": 0.25,
                           "val_max_pairs": 200, "val_every": 1})
     (proj / "params.yaml").write_text(yaml.safe_dump(p))
-    samples, manifest = colour_faces(8, 6)
+    samples, manifest = colour_faces(identities, 6)
     ds = proj / "artifacts" / "dataset"
     ds.mkdir(parents=True)
     infos = write_shards(samples, ds, "synthface", 12)
@@ -71,3 +73,16 @@ def test_killed_train_fr_stage_resumes_from_its_last_epoch(tmp_path, prefect_api
     assert re.findall(r"epoch (\d)/4 ", log) == [str(e) for e in range(int(resumed[1]) + 1, 5)], log
     assert output_files(out) == ref, "the resumed run's outputs differ from the uninterrupted run's"
     assert not list((home / "checkpoints").iterdir()), "the checkpoint folder outlived the stage's outputs"
+
+
+def test_a_dataset_of_one_identity_is_refused_naming_the_filters(tmp_path, prefect_api):
+    proj = tmp_path / "proj"
+    _project(proj, identities=1)
+    ds = proj / "artifacts" / "dataset"
+    (ds / "counts.json").write_text(json.dumps({"dropped": {"privacy_judge": 224, "no_face": 0, "not_unique": 16}}))
+    env = {**without_prefect(os.environ), "PYTHONPATH": str(proj), "PREFECT_API_URL": prefect_api}
+    r = subprocess.run(TRAIN_FR, cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    err = r.stdout + r.stderr
+    assert "artifacts/dataset holds 1 identities (6 images)" in err and "privacy_judge 224, not_unique 16" in err, err
+    assert not (proj / "artifacts" / "fr_synthetic").exists() or not any((proj / "artifacts" / "fr_synthetic").iterdir())
