@@ -3,6 +3,7 @@ rates are positive and ratios sane. No timing thresholds: this checks the measur
 import json
 import math
 
+import numpy as np
 import pytest
 
 from conftest import colour_faces, tiny_sampling_project
@@ -139,3 +140,14 @@ def test_dvc_ignores_benchmark_scripts_and_results():
     r = subprocess.run([str(dvc), "check-ignore", "benchmarks/x.py", "benchmarks/results/x.json", "benchmarks/lfw.bin"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.stdout.split() == ["benchmarks/x.py", "benchmarks/results/x.json"], r.stdout + r.stderr
+
+
+def test_condition_adherence_scores_renders_against_their_conditions(art):
+    from benchmarks.condition_adherence import measure
+    out = measure(art, identities=3, images=2, steps=2)
+    assert out["method"] == "id3" and list(out["runs"]) == ["real"]  # no sample/anchors.npy in this project
+    r = out["runs"]["real"]
+    assert -1 <= r["cos_to_condition_mean"] <= 1 and -1 <= r["centre_pairwise_cos_mean"] <= 1
+    e = np.load(art / "generator" / "real_stats.npz")["embeddings"][[0, 3, 6]]  # labels 0, 1, 2: one face each
+    g = e @ e.T
+    assert r["condition_pairwise_cos_mean"] == pytest.approx((g.sum() - np.trace(g)) / 6, abs=1e-5)
