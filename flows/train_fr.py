@@ -32,7 +32,8 @@ def train_fr_flow(params_path: str = "params.yaml") -> dict:
         dropped = ", ".join(f"{r} {n}" for r, n in counts["dropped"].items() if n)
         raise ValueError(f"artifacts/dataset holds {m['label'].nunique()} identities ({len(m)} images); FR training needs at "
                          f"least 2. The package filters dropped, in images: {dropped} (artifacts/dataset/counts.json). "
-                         "Sample more identities (sample.num_identities) or revisit [package]")
+                         "If the generator ignores its identity condition (python benchmarks/condition_adherence.py), "
+                         "train it longer; else sample more identities (sample.num_identities) or revisit [package]")
     return _train("train_fr", ds, m, "fr_synthetic", params_path)
 
 
