@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, Bench, common_args, wait_until_idle  # noqa: E402
+from tasks.identity import centres  # noqa: E402
 
 
 def _mean_offdiag(e: np.ndarray) -> float:
@@ -60,10 +61,10 @@ def measure(art: Path, identities: int = 6, images: int = 4, ms=(0.0, 0.5, 1.0),
             x = pipe(torch.from_numpy(emb), cond, list(range(len(emb))), num_inference_steps=steps, sampler="ddim")
             with torch.no_grad():
                 e = F.normalize(enc(x.to(device)).float(), dim=1).cpu().numpy()
-            centres = _unit(np.stack([e[who == i].mean(0) for i in range(len(w))]))
+            _, c = centres(e, who)  # the identities' normalised render centres
             out["runs"][name if m is None else f"{name}, m={m:g}"] = {
                 "cos_to_condition_mean": float((e * emb).sum(1).mean()),
-                "centre_pairwise_cos_mean": _mean_offdiag(centres),
+                "centre_pairwise_cos_mean": _mean_offdiag(c),
                 "condition_pairwise_cos_mean": _mean_offdiag(w)}
     return out
 

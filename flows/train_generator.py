@@ -62,8 +62,9 @@ def train_generator_flow(params_path: str = "params.yaml") -> dict:
                                                 **{s.name: s for s in shards}})
     args = (shards, enc_dir, align / "attributes.parquet", p)
     files, real, stats, sizes = train_generator_task(*args)
-    if missing_blobs(files, BLOBS):  # a cached result whose large files were pruned from the Prefect home
-        get_run_logger().warning(f"train_generator: {missing_blobs(files, BLOBS)} gone from {BLOBS}: training again")
+    gone = missing_blobs(files, BLOBS)
+    if gone:  # a cached result whose large files were pruned from the Prefect home
+        get_run_logger().warning(f"train_generator: {gone} gone from {BLOBS}: training again")
         files, real, stats, sizes = train_generator_task.with_options(refresh_cache=True)(*args)
     for stale in sorted((out / "pipeline").rglob("*"), reverse=True):  # another method's components (files, then folders)
         if stale.is_file() and stale.relative_to(out / "pipeline").as_posix() not in files:
