@@ -37,9 +37,13 @@ def lfw_files() -> Path:
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory):
     import flows  # noqa: F401  (sets the offline Prefect environment)
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
-    with prefect_test_harness(server_startup_timeout=180):  # a cold, busy 2-core machine needs more than 30 s
-        yield
+    # results in this session's temporary folder, not the checkout's .prefect/: a second run of the suite in the
+    # same checkout must not find the first run's cached results
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
+        with prefect_test_harness(server_startup_timeout=180):  # a cold, busy 2-core machine needs more than 30 s
+            yield
 
 
 @pytest.fixture(scope="session")
