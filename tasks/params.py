@@ -99,7 +99,7 @@ SCHEMA = {
         "lr": F(0.0), "ema_decay": F(0.0, 1.0), "checkpoint_every": I(1), "lambda_scale": F(0.0),
         "kappa_scale": F(0.0), "id_schedule": S(["logistic", "linear", "constant"]), "num_train_timesteps": I(2),
         "seed": I(0),
-        "cemiface": {"context_dim": I(1), "sim_weight": F(0.0), "sim_grid_step": F(0.001, 1.0)},
+        "cemiface": {"steps": I(1, optional=True), "context_dim": I(1), "sim_weight": F(0.0), "sim_grid_step": F(0.001, 1.0)},
         "idbooth": {"base_model": S(optional=True), "base_width": I(8), "vae_steps": I(0), "base_steps": I(0),
                     "kl_weight": F(0.0), "num_identities": I(1), "min_images": I(1), "rank": I(1), "lora_steps": I(1),
                     "lora_lr": F(0.0), "lora_batch_size": I(1), "prior_images": I(1), "prior_steps": I(1, 1000),

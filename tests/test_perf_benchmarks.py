@@ -5,8 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 
-from conftest import colour_faces, tiny_sampling_project
+from conftest import ROOT, colour_faces, tiny_sampling_project
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,18 @@ def test_condition_adherence_scores_renders_against_their_conditions(art):
     e = np.load(art / "generator" / "real_stats.npz")["embeddings"][[0, 3, 6]]  # labels 0, 1, 2: one face each
     g = e @ e.T
     assert r["condition_pairwise_cos_mean"] == pytest.approx((g.sum() - np.trace(g)) / 6, abs=1e-5)
+
+
+def test_generator_steps_scores_one_resumed_run_at_each_milestone(art, tmp_path):
+    from benchmarks.generator_steps import run
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())["generator"]
+    p.update(method="cemiface", resolution=16, batch_size=8, checkpoint_every=2, cemiface=dict(p["cemiface"], context_dim=32, steps=1),
+             unet={"block_out_channels": [32, 32], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 8})
+    logs = []
+    out = run(art, p, [3, 2], tmp_path, identities=3, images=2, ms=(0.0,), log=logs.append)
+    assert out["method"] == "cemiface" and [r["steps"] for r in out["rows"]] == [2, 3]  # cemiface.steps is the milestone's
+    assert [r["last_logged"]["step"] for r in out["rows"]] == [2, 3]
+    assert any(s.startswith("resumed from") and s.endswith("at step 2") for s in logs), logs  # one run, not two
+    assert list(out["rows"][0]["runs"]) == ["real, m=0"]  # the fixture has no anchors
+    assert all(-1 <= r["runs"]["real, m=0"]["cos_to_condition_mean"] <= 1 for r in out["rows"])
+    assert (tmp_path / "art" / "generator" / "pipeline" / "model_index.json").is_file()

@@ -36,6 +36,7 @@ MICRO = {
     "generator": {"resolution": 16, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1,
                                              "attention_head_dim": 8, "norm_num_groups": 8},
                   "conditioner_dims": [32, 32, 32], "steps": 4, "batch_size": 8, "checkpoint_every": 2,
+                  "cemiface": {"steps": 6},  # its own count, unlike generator.steps: test_method_experiments tells them apart
                   "idbooth": {"vae_steps": 4, "base_steps": 4, "num_identities": 4, "lora_steps": 2, "lora_batch_size": 2,
                               "prior_images": 4, "prior_steps": 3}},
     "sample": {"num_identities": 4, "embeddings_per_identity": 2, "images_per_embedding": 1, "anchor_iters": 20,
@@ -209,6 +210,8 @@ def test_method_experiments(tmp_path, prefect_api, micro_baseline):
         ran = {s for s in STAGES if f"Running stage '{s}'" in out}
         assert ran == {"train_generator", "sample", "package", "train_fr", "evaluate"}, out
         assert json.loads((proj / "artifacts" / "generator" / "pipeline" / "model_index.json").read_text())["_class_name"] == pipeline
+        if method == "cemiface":
+            assert json.loads((proj / "artifacts" / "generator" / "run.json").read_text())["training"]["steps"] == 6
         rows[method] = json.loads((proj / "metrics" / "report.json").read_text())
         assert list(rows[method]) == ["real (LFW train split)", name]
         assert rows[method]["real (LFW train split)"] == report["real (LFW train split)"]  # the same real baseline, not retrained
