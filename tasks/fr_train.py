@@ -270,14 +270,18 @@ def train_fr(shards: list[Path], train: dict[str, int], val: dict[str, int], p: 
         raise ValueError(f"FR training needs at least 2 identities, got {num_classes}")
     rank, world = _world()
     bs = p["batch_size"]
+    if bs % world:
+        raise ValueError(f"batch_size {bs} does not divide over {world} processes")
+    say = log if rank == 0 else (lambda s: None)
+    if num_samples < bs:  # full batches only: a set smaller than one would train no step at all
+        bs = num_samples - num_samples % world
+        if bs < world:
+            raise ValueError(f"{num_samples} training images cannot make a batch over {world} processes")
+        say(f"{num_samples} training images are fewer than train_fr.batch_size {p['batch_size']}: "
+            f"training with batches of {bs} (recorded as batch_size_used)")
     if world > 1:
-        if bs % world:
-            raise ValueError(f"batch_size {bs} does not divide over {world} processes")
-        if num_samples < bs:
-            raise ValueError(f"{num_samples} training images give no full batch of {bs}")
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    say = log if rank == 0 else (lambda s: None)
     torch.manual_seed(p["seed"])
     model = build({"kind": "iresnet", "arch": p["arch"]}).to(device)
     head = MarginHead(p["arch"]["embedding_dim"], num_classes, p["margin"]["kind"], s=p["margin"]["s"],
@@ -346,6 +350,8 @@ def train_fr(shards: list[Path], train: dict[str, int], val: dict[str, int], p: 
             tot_loss += float(loss.detach()); tot_acc += float(acc); nb += 1; step += 1
             if world > 1:
                 seen += len(keys); digest = (digest + keys_digest(keys)) % 2**64
+        if not nb:  # never hand back an untrained model as if it were trained
+            raise RuntimeError(f"epoch {epoch + 1} read no full batch of {bs} from {num_samples} training images")
         if world > 1:  # the epoch's figures over every rank's batches
             t = torch.tensor([tot_loss, tot_acc, nb], dtype=torch.float64, device=device)
             dist.all_reduce(t)
@@ -380,7 +386,7 @@ def train_fr(shards: list[Path], train: dict[str, int], val: dict[str, int], p: 
             + f"{rate:.0f} img/s, ETA {(total - step) * bs / max(rate, 1e-9):.0f}s")
         if progress is not None:
             progress((epoch + 1) / p["epochs"])
-    stats = {"steps": step, "history": history, "images_per_s": (step - step0) * bs / max(time.time() - t0, 1e-9),
+    stats = {"steps": step, "batch_size_used": bs, "history": history, "images_per_s": (step - step0) * bs / max(time.time() - t0, 1e-9),
              "train_images": num_samples, "train_identities": num_classes,
              "val_images": len(val), "val_identities": len(set(val.values())), "val_pairs": len(validate.same) if validate else 0,
              "chosen_epoch": best[1] if best[2] is not None else p["epochs"],

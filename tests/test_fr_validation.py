@@ -41,3 +41,17 @@ def test_returns_the_best_validated_checkpoint(tmp_path):
     assert stats["chosen_epoch"] == max(i + 1 for i, a in enumerate(accs) if a == best)  # ties: the later epoch
     # the returned weights are that checkpoint: validating them again gives its accuracy
     assert Validator(shards, val, P["val_max_pairs"], P["seed"])(model) == best
+
+
+def test_a_set_smaller_than_one_batch_trains_on_smaller_batches(tmp_path):
+    """Full batches only would give such a set no step at all, and an untrained model scored as if trained."""
+    samples, manifest = colour_faces(4, 5)
+    shards = [tmp_path / s["shard"] for s in write_shards(samples, tmp_path, "t", 20)]
+    train = {k: int(lab) for k, lab in zip(manifest["key"], manifest["label"])}
+    logs = []
+    model, stats = train_fr(shards, train, {}, dict(P, batch_size=64, epochs=3), log=logs.append)
+    assert stats["batch_size_used"] == 20 and stats["steps"] == 3  # one batch of all 20 images per epoch
+    assert all(h["loss"] > 0 for h in stats["history"])
+    assert any("fewer than train_fr.batch_size 64" in s for s in logs), logs
+    _, again = train_fr(shards, train, {}, dict(P, epochs=3), log=lambda s: None)
+    assert again["batch_size_used"] == 8 and again["steps"] == 6  # 20 // 8 full batches per epoch, as before
