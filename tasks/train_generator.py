@@ -67,7 +67,7 @@ def training_steps(p: dict) -> int:
     """The generator's optimiser steps: generator.cemiface.steps under CemiFace when set, else generator.steps.
     CemiFace learns identity only from its condition (ID3 also gets it from guided sampling), which a small
     generator picks up slowly: at demo scale its renders ignore their inquiry at 450 steps and follow it by
-    ~2000 (benchmarks/results/generator_steps_cemiface.json)."""
+    ~2000 (README, CemiFace "Training length"; benchmarks/generator_steps.py measures it)."""
     own = p.get("cemiface", {}).get("steps") if p["method"] == "cemiface" else None
     return int(own if own is not None else p["steps"])
 
