@@ -38,18 +38,16 @@ def _scoring_folder(src: Path, work: Path) -> Path:
 
 def run(src: Path, p: dict, milestones: list[int], work: Path, identities: int = 8, images: int = 4,
         ms=(0.0, 1.0), device: str = "cpu", log=print) -> dict:
-    import numpy as np
     import pandas as pd
 
     from tasks.encoder import load_encoder
-    from tasks.train_generator import real_embeddings, train_generator
+    from tasks.train_generator import pose_conditions, real_embeddings, train_generator
     enc = load_encoder(src / "encoder", device)
     m = pd.read_parquet(src / "align" / "manifest.parquet")
     shards = sorted(src / "align" / s for s in m[m["split"] == "train"]["shard"].unique())
     keys, _, embs = real_embeddings(enc, shards, p["resolution"], device)
     pool = pd.read_parquet(src / "align" / "attributes.parquet")  # ID3's pose conditions; its length sizes an epoch
-    attr_of = {} if p["method"] != "id3" else {
-        k: np.array([y, pi, r], np.float32) for k, y, pi, r in zip(pool["key"], pool["yaw"], pool["pitch"], pool["roll"])}
+    attr_of = pose_conditions(pool) if p["method"] == "id3" else {}
     art = _scoring_folder(src, work)
     rows = []
     for n in sorted(milestones):

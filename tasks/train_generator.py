@@ -72,6 +72,11 @@ def training_steps(p: dict) -> int:
     return int(own if own is not None else p["steps"])
 
 
+def pose_conditions(pool) -> dict[str, np.ndarray]:
+    """key -> (yaw, pitch, roll), ID3's attribute condition, from the align stage's attribute pool (a DataFrame)."""
+    return {k: np.array([y, pi, r], np.float32) for k, y, pi, r in zip(pool["key"], pool["yaw"], pool["pitch"], pool["roll"])}
+
+
 def to_resolution(x: torch.Tensor, res: int) -> torch.Tensor:
     if x.shape[-1] == res:
         return x
