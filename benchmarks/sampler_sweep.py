@@ -40,6 +40,8 @@ from tasks.sample import plan_identities, render_block  # noqa: E402
 from tasks.shards import decode_image, iter_images  # noqa: E402
 
 SAMPLERS = [("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmsolver++", 20), ("dpmsolver++", 10)]
+GUIDANCE = ("id_weight", "beta", "guidance_schedule", "guidance_scale", "guidance_gradient", "guidance_substeps")
+VARIANT_SAMPLERS = [("ddim", 20), ("ddim", 10)]
 REFERENCE = "ddim-50"
 TARGET_NFE = (10, 20)
 TARGET_REL = 0.01  # within 1% of the reference's consistency
@@ -116,9 +118,32 @@ def verdict(runs: dict[str, dict], scope: str = "all") -> dict:
             "favoured_vs_reference": paired(runs[pick][scope], runs[REFERENCE][scope]) if pick else None}
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'x0grad:guidance_gradient=x0,id_weight=300' -> ('x0grad', {...}): [sample] keys set for a variant's runs,
+    values read as YAML scalars, checked against the params schema."""
+    import yaml
+    from tasks.params import SCHEMA, ParamsError
+    tag, _, body = text.partition(":")
+    over = {}
+    for item in filter(None, body.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in SCHEMA["sample"] or isinstance(SCHEMA["sample"][key.strip()], dict):
+            raise SystemExit(f"--variant {text!r}: {item!r} is not KEY=VALUE with KEY a [sample] setting")
+        try:
+            over[key.strip()] = SCHEMA["sample"][key.strip()].check(f"sample.{key.strip()}", yaml.safe_load(value))
+        except ParamsError as e:
+            raise SystemExit(f"--variant {text!r}: {e}") from None
+    if not tag or not over:
+        raise SystemExit(f"--variant {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    return tag, over
+
+
 def sweep(art: Path, sample: dict, identities: int, embeddings: int, images: int, ddpm_images: int,
-          samplers=SAMPLERS, real_faces: int = 64, device: str = "cpu", log=print) -> dict:
-    """Render the same plan with every sampler and score it; returns the 'runs' and 'verdict' sections."""
+          samplers=SAMPLERS, real_faces: int = 64, device: str = "cpu", log=print,
+          variants: dict[str, dict] | None = None, variant_samplers=VARIANT_SAMPLERS) -> dict:
+    """Render the same plan with every sampler and score it; returns the 'runs' and 'verdict' sections.
+    `variants` (name -> [sample] settings, e.g. another guidance) also render with each of `variant_samplers`,
+    as runs named '<sampler>-<steps>+<name>', candidates in the verdict beside the stage's own guidance."""
     import torch
     p = {**sample, "num_identities": identities, "embeddings_per_identity": embeddings, "images_per_embedding": images}
     pipe, enc, real, pool = load_generation(art, device)
@@ -131,11 +156,13 @@ def sweep(art: Path, sample: dict, identities: int, embeddings: int, images: int
     subset = plan["rows"][:ddpm_images]  # plan order: the first images of identity 0, then 1, ...
     sub_keys, sub_ids = {r["key"] for r in subset}, sorted({r["identity"] for r in subset})
     runs = {}
-    for kind, steps in samplers:
-        name = f"{kind}-{steps}"
+    todo = [(kind, steps, "", {}) for kind, steps in samplers]
+    todo += [(kind, steps, tag, over) for tag, over in (variants or {}).items() for kind, steps in variant_samplers]
+    for kind, steps, tag, over in todo:
+        name = f"{kind}-{steps}" + (f"+{tag}" if tag else "")
         part = {**plan, "rows": subset} if kind == "ddpm" else plan
         ids = sub_ids if kind == "ddpm" else all_ids
-        q = {**p, "sampler": kind, "num_inference_steps": steps, "batch_size": min(p["batch_size"], len(part["rows"]))}
+        q = {**p, **over, "sampler": kind, "num_inference_steps": steps, "batch_size": min(p["batch_size"], len(part["rows"]))}
         with RowCounter(pipe.unet) as unet, RowCounter(enc) as encs:
             t0 = time.perf_counter()
             samples = render_block(pipe, enc, part, ids, q, device)
@@ -151,12 +178,14 @@ def sweep(art: Path, sample: dict, identities: int, embeddings: int, images: int
                       "nfe_per_image": unet.per_image(len(samples), q["batch_size"]),
                       "encoder_calls_per_image": encs.per_image(len(samples), q["batch_size"]),
                       "judge_seconds": judge_s}
+        if over:
+            runs[name]["settings"] = over
         if sub.any():
             runs[name]["subset"] = quality(emb[sub], ident[sub], pixels[sub])
         if kind != "ddpm":
             runs[name]["all"] = quality(emb, ident, pixels)
         log(f"{name}: {len(samples)} images in {secs:.1f} s ({runs[name]['images_per_s']:.2f} img/s), NFE "
-            f"{runs[name]['nfe_per_image']:.0f}, consistency {runs[name].get('all', runs[name]['subset'])['consistency']:.4f}")
+            f"{runs[name]['nfe_per_image']:.0f}, consistency {(runs[name].get('all') or runs[name]['subset'])['consistency']:.4f}")
         del samples
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -164,8 +193,8 @@ def sweep(art: Path, sample: dict, identities: int, embeddings: int, images: int
            "plan": {"identities": identities, "images_per_identity": embeddings * images, "ddpm_images": len(subset),
                     "ddpm_identities": len(sub_ids),
                     "resolution": pipe.unet.config.sample_size},
-           "guidance": {k: p[k] for k in ("id_weight", "beta", "guidance_schedule", "guidance_scale")}}
-    full = [r for r in runs.values() if r["sampler"] != "ddpm"]
+           "guidance": {k: p[k] for k in GUIDANCE if k in p}}
+    full = [r for r in runs.values() if r["sampler"] != "ddpm" and "settings" not in r]  # the stage's own guidance
     if full and any(r["sampler"] == "ddpm" for r in runs.values()):
         # DDPM ran on a small batch, where a step costs more per image; at the others' batch a guided step costs
         # what theirs does (the same UNet + encoder forward and backward), so its cost there is steps x that
@@ -191,14 +220,18 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=2, help="images per embedding")
     ap.add_argument("--ddpm-images", type=int, default=2, help="images (the plan's first) 1000-step DDPM renders: ~1 min each")
     ap.add_argument("--real-faces", type=int, default=64, help="real faces whose mean dlib descriptor centres the judge")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="also render DDIM 20 and 10 with these [sample] settings (repeatable), e.g. "
+                         "x0grad:guidance_gradient=x0,id_weight=300")
     a = ap.parse_args(argv)
     if not a.no_wait:
         wait_until_idle(a.max_load)
     sample = load_params(a.params)["sample"]
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
     b = Bench("sampler_sweep", a.device, cfg)
+    variants = dict(parse_variant(v) for v in a.variant)
     b.result.update(sweep(a.artifacts, sample, a.identities, a.embeddings, a.images, a.ddpm_images,
-                          real_faces=a.real_faces, device=a.device))
+                          real_faces=a.real_faces, device=a.device, variants=variants))
     print(b.write(a.out))
     return 0
 

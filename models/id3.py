@@ -145,7 +145,7 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
                num_inference_steps: int = 20, guidance_scale: float = 1.0, id_weight: float = 0.0,
                beta: float = 0.0, encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
                others: torch.Tensor | None = None, exclude: torch.Tensor | None = None,
-               guidance_schedule: str = "x0") -> torch.Tensor:
+               guidance_schedule: str = "x0", guidance_gradient: str = "xt", guidance_substeps: int = 1) -> torch.Tensor:
     """ID-preserving sampling with the adjusted gradient field.
 
     eps~ = eps - w_t * sqrt(1 - alpha_bar_t) * grad_x_t [<y, f(x0_hat)> - beta * max_j <y_j, f(x0_hat)>]
@@ -156,7 +156,13 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
     cosine to the target turns negative); the "x0" weight makes it id_weight * grad_x0_hat at every step.
     `others` (M x D) are the identities for the reversed term (e.g. all anchors); `exclude` (N x M, bool)
     marks, per image, the entries of its own identity, which the max must skip.
+
+    guidance_gradient "xt" (default) takes grad_x_t as written, back through the UNet; "x0" takes the gradient
+    at x0_hat and moves x0_hat by the step above `guidance_substeps` times, with no backward pass through the
+    UNet (~2x faster, weaker per unit of id_weight: benchmarks/sampler_sweep.py --variant).
     """
+    if guidance_gradient not in ("xt", "x0") or guidance_substeps < 1:
+        raise ValueError(f"guidance_gradient {guidance_gradient!r} / guidance_substeps {guidance_substeps}: use 'xt' or 'x0', and >= 1")
     dev = next(unet.parameters()).device
     size = unet.config.sample_size
     x = initial_noise(seeds, (unet.config.in_channels, size, size)).to(dev)
@@ -170,12 +176,25 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
         raise ValueError("id_weight > 0 needs an identity encoder")
     alphas = scheduler.alphas_cumprod.to(dev)
     noise = step_noise(scheduler, seeds)
+    through_unet = bool(id_weight) and guidance_gradient == "xt"
+
+    def score(emb: torch.Tensor) -> torch.Tensor:
+        s = (emb * y).sum(1)
+        if beta and others is not None and len(others):
+            sims = emb @ others.to(dev).T
+            if exclude is not None:
+                sims = sims.masked_fill(exclude.to(dev), -math.inf)
+            s = s - beta * sims.max(1).values.clamp(min=-1)
+        return s
+
     for t in scheduler.timesteps:
         tt = torch.full((x.shape[0],), int(t), device=dev, dtype=torch.long)
-        # unguided, no step needs autograd: inference_mode is 1.3x faster than no_grad for the same bytes
-        # (benchmarks/optimisations.py); guided, the encoder's gradient needs it on
-        with torch.enable_grad() if id_weight else torch.inference_mode():
-            x_in = x.detach().requires_grad_(bool(id_weight))
+        ab = alphas[tt]
+        w = id_weight * (ab / (1 - ab) if guidance_schedule == "x0" else torch.ones_like(ab))
+        # unguided, or guided by the gradient at x0_hat, the UNet call needs no autograd: inference_mode gives the
+        # same bytes as no_grad, 1.01-1.30x faster (benchmarks/optimisations.py); through the UNet it needs it on
+        with torch.enable_grad() if through_unet else torch.inference_mode():
+            x_in = x.detach().requires_grad_(through_unet)
             with autocast(dev):
                 if guidance_scale != 1.0:
                     both = unet(torch.cat([x_in, x_in]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([ctx, null])).sample
@@ -183,19 +202,25 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
                     eps = eps_u + guidance_scale * (eps_c - eps_u)
                 else:
                     eps = unet(x_in, tt, encoder_hidden_states=ctx).sample.float()
-            if id_weight:
-                ab = alphas[tt]
+            if through_unet:
                 with autocast(dev):
                     emb = encoder(predict_x0(x_in, eps, ab)).float()
-                score = (emb * y).sum(1)
-                if beta and others is not None and len(others):
-                    sims = emb @ others.to(dev).T
-                    if exclude is not None:
-                        sims = sims.masked_fill(exclude.to(dev), -math.inf)
-                    score = score - beta * sims.max(1).values.clamp(min=-1)
-                grad = torch.autograd.grad(score.sum(), x_in)[0]
-                w = id_weight * (ab / (1 - ab) if guidance_schedule == "x0" else torch.ones_like(ab))
+                grad = torch.autograd.grad(score(emb).sum(), x_in)[0]
                 eps = eps.detach() - (w * (1 - ab).sqrt()).view(-1, 1, 1, 1) * grad
+        if id_weight and not through_unet:
+            # the UNet's Jacobian dropped (grad_x_t ~ grad_x0_hat / sqrt(ab)): each substep moves x0_hat by
+            # w_t (1 - ab) / ab * grad_x0_hat, the move the formula above makes, without a backward pass
+            # through the UNet; eps~ is then the noise that x_t and the moved x0_hat imply
+            a = ab.view(-1, 1, 1, 1)
+            x0 = predict_x0(x, eps.clone(), ab)
+            for _ in range(guidance_substeps):
+                with torch.enable_grad():
+                    x0 = x0.detach().requires_grad_(True)
+                    with autocast(dev):
+                        emb = encoder(x0).float()
+                    grad = torch.autograd.grad(score(emb).sum(), x0)[0]
+                x0 = (x0.detach() + (w.view(-1, 1, 1, 1) * (1 - a) / a) * grad).clamp(-1, 1)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         x = scheduler.step(eps.detach(), t, x, **noise).prev_sample
     return x.clamp(-1, 1)
 
@@ -231,7 +256,8 @@ class ID3Pipeline(DiffusionPipeline):
     def __call__(self, embeddings: torch.Tensor, attributes: torch.Tensor, seeds: Sequence[int],
                  num_inference_steps: int = 20, sampler: str = "ddim", guidance_scale: float = 1.0,
                  id_weight: float = 0.0, beta: float = 0.0, encoder=None, others=None, exclude=None,
-                 guidance_schedule: str = "x0", output_type: str = "pt"):
+                 guidance_schedule: str = "x0", guidance_gradient: str = "xt", guidance_substeps: int = 1,
+                 output_type: str = "pt"):
         """N x 3 x H x W in [-1, 1] ("pt"), N x H x W x 3 uint8 ("np") or a list of PIL images ("pil").
         `encoder` maps [-1, 1] images to embeddings (normalised here); it is needed when id_weight > 0."""
         sched = make_scheduler(sampler, self.scheduler.config)
@@ -239,7 +265,7 @@ class ID3Pipeline(DiffusionPipeline):
         dev = self.unet.device
         x = id3_sample(self.unet, self.conditioner, sched, F.normalize(torch.as_tensor(embeddings).float(), dim=1).to(dev),
                        torch.as_tensor(attributes).float().to(dev), seeds, num_inference_steps, guidance_scale, id_weight,
-                       beta, f, others, exclude, guidance_schedule)
+                       beta, f, others, exclude, guidance_schedule, guidance_gradient, guidance_substeps)
         return to_output(x, output_type)
 
     def sample_anchors(self, anchors, attribute_pool, embeddings_per_identity: int = 25, images_per_embedding: int = 2,

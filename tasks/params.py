@@ -110,6 +110,7 @@ SCHEMA = {
         "v_low": F(-1.0, 1.0), "v_high": F(-1.0, 1.0), "anchor_iters": I(0), "anchors": S(["tammes", "random"]),
         "privacy_threshold": F(-1.0, 1.0), "sampler": S(["ddim", "dpmsolver++", "ddpm"]), "num_inference_steps": I(1, 1000),
         "guidance_scale": F(0.0), "id_weight": F(0.0), "beta": F(0.0), "guidance_schedule": S(["x0", "constant"]),
+        "guidance_gradient": S(["xt", "x0"]), "guidance_substeps": I(1, 100),
         "block_size": I(1), "batch_size": I(1),
         "seed": I(0),
         "cemiface": {"m": L(F(-1.0, 1.0)), "inquiry": S(["anchors", "real"]), "inquiry_max_cosine": F(-1.0, 1.0)},

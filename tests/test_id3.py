@@ -151,3 +151,32 @@ def test_ddpm_sampler_regenerates_any_subset_byte_identically():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["sample"]["sampler"] = "ddpm"
     assert validate(raw)["sample"]["sampler"] == "ddpm"
+
+
+def test_jacobian_free_guidance_climbs_the_identity_score_without_a_unet_backward():
+    """guidance_gradient x0: the encoder's gradient at x0_hat moves each step's x0_hat (no backward through the
+    UNet, which runs in inference mode); more substeps climb further; any subset still renders byte-identically."""
+    pipe, enc = tiny()
+    plan = plan_identities(real_stats(), S, POOL)
+    rows = [r for r in plan["rows"] if r["identity"] == 0]
+    f = lambda x: F.normalize(enc(x), dim=1)  # noqa: E731
+    y = F.normalize(torch.stack([torch.as_tensor(plan["embeddings"][0, r["embedding"]]).float() for r in rows]), dim=1)
+    modes = []
+    hook = pipe.unet.register_forward_hook(lambda *_: modes.append(torch.is_inference_mode_enabled()))
+
+    def score(**guidance):
+        modes.clear()
+        x = torch.stack(pipe.render_rows(plan["embeddings"], plan["anchors"], rows, 4, encoder=enc, sampler="ddim",
+                                         num_inference_steps=3, **guidance))
+        return float((f(x) * y).sum(1).mean()), set(modes)
+
+    plain, _ = score()
+    one, m1 = score(id_weight=5.0, guidance_gradient="x0")
+    three, m3 = score(id_weight=5.0, guidance_gradient="x0", guidance_substeps=3)
+    _, through = score(id_weight=5.0)  # the formula's gradient, through the UNet
+    hook.remove()
+    assert plain < one < three, (plain, one, three)
+    assert m1 == m3 == {True} and through == {False}
+    q = {**S, "id_weight": 5.0, "beta": 0.5, "guidance_gradient": "x0", "guidance_substeps": 2}
+    full = render_block(pipe, enc, plan, [0, 1, 2], q)
+    assert [s["png"] for s in render_block(pipe, enc, plan, [1], q)] == [s["png"] for s in full if s["identity"] == 1]

@@ -70,6 +70,26 @@ def test_sampler_sweep_scores_every_sampler_on_the_same_plan(art):
     assert v["favoured"] in few if few else v["favoured"] is None and v["favoured_vs_reference"] is None
 
 
+def test_sampler_sweep_scores_guidance_variants_as_candidates(art):
+    """--variant: other [sample] settings render with DDIM 20/10 as runs of their own, counted by the hooks
+    (two substeps: two encoder calls per UNet call) and weighed in the verdict against the stage's DDIM-50."""
+    from benchmarks.sampler_sweep import parse_variant, sweep
+    tag, over = parse_variant("x0grad:guidance_gradient=x0,guidance_substeps=2,id_weight=300")
+    assert (tag, over) == ("x0grad", {"guidance_gradient": "x0", "guidance_substeps": 2, "id_weight": 300.0})
+    for bad in ("x0grad", "x0grad:guidance_gradient", "x0grad:steps=3", "x0grad:guidance_gradient=z"):
+        with pytest.raises(SystemExit, match="variant|guidance_gradient"):
+            parse_variant(bad)
+    out = sweep(art, tiny_params()["sample"], identities=2, embeddings=2, images=1, ddpm_images=0,
+                samplers=[("ddim", 50)], real_faces=8, log=lambda s: None, variants={tag: over})
+    runs = out["runs"]
+    assert set(runs) == {"ddim-50", "ddim-20+x0grad", "ddim-10+x0grad"}
+    r = runs["ddim-10+x0grad"]
+    assert r["settings"] == over and r["nfe_per_image"] == 10 and r["encoder_calls_per_image"] == 20
+    assert runs["ddim-50"]["encoder_calls_per_image"] == 50 and "settings" not in runs["ddim-50"]
+    ok = [k for k in runs if k != "ddim-50" and runs[k]["all"]["saturated_pixel_share"] <= out["verdict"]["max_saturated_pixel_share"]]
+    assert out["verdict"]["candidates"] == sorted(ok)
+
+
 def test_throughput_measures_each_step_against_its_limit(art, lfw_files, tmp_path):
     from benchmarks.throughput import run
     p = tiny_params()
