@@ -2,6 +2,7 @@
 
     python benchmarks/sampler_sweep.py --artifacts /work/main/artifacts          # demo generator, ~7 min on 2 cores
     python benchmarks/sampler_sweep.py --identities 4 --ddpm-images 1 ...        # smaller
+    python benchmarks/sampler_sweep.py ... --variant "x0grad:guidance_gradient=x0,id_weight=300"   # + another guidance
     python benchmarks/sampler_sweep.py --device cuda --dtype bf16 --artifacts <paper artifacts> --params params-paper.yaml
 
 Renders the same plan (plan_identities: anchors, embeddings, attributes, seeds) through the real sample code

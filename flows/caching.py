@@ -3,11 +3,14 @@
 A key hashes the code version of the task's module (the bytes of every project .py file it can run: its
 import closure within flows/, tasks/, models/), the task name and every parameter; a `pathlib.Path`
 parameter contributes the sha256 of its bytes (a folder: of all its files), never its path string. Same
-bytes -> cache hit; changed bytes under the same path -> miss. A change to code the task never imports
-(another stage's) leaves its cache valid. The closure is read from the source (`import` statements anywhere
-in a file, the packages' __init__ files, project module names in strings (importlib and `python -m`
-targets), and, where a file computes a relative import with `import_module`, every module of its package), so it errs towards too much code, never too little; tests/test_caching.py checks
-that each stage's dvc.yaml deps cover its flow's closure.
+bytes -> cache hit; changed bytes under the same path -> miss. A change to code the task cannot run
+(another stage's) leaves its cache valid.
+
+The closure is read from the source, erring towards too much code, never too little: `import` statements
+anywhere in a file, the __init__ of every package on the way, project module names in strings (importlib
+and `python -m` targets), every module of a package that computes a relative import with `import_module`,
+and a package's lazy attributes (imports in its module-level `__getattr__`) for any file that takes names
+from it. Each stage's .py deps in dvc.yaml are exactly its flow's closure (tests/test_caching.py).
 
     @task(cache_key_fn=content_key, persist_result=True)
     def sample_block(generator_dir: Path, block: int, params: dict): ...

@@ -72,8 +72,10 @@ def to_png(arr: np.ndarray) -> bytes:
 def sampling(p: dict, method: str) -> dict:
     """The sampling knobs of a method: ID3 takes [sample]'s; CemiFace samples plainly (the paper) with
     [sample]'s sampler; ID-Booth with [sample.idbooth]'s steps, sampler and CFG scale (no identity guidance)."""
-    knobs = {k: p[k] for k in ("num_inference_steps", "sampler", "guidance_scale", "id_weight", "beta", "guidance_schedule",
-                               "guidance_gradient", "guidance_substeps") if k in p}
+    knobs = {k: p[k] for k in ("num_inference_steps", "sampler", "guidance_scale", "id_weight", "beta", "guidance_schedule")}
+    # params.yaml always sets these (the schema requires them); a hand-made dict may leave them to the pipeline's
+    # defaults, the field as written (xt, one step)
+    knobs.update({k: p[k] for k in ("guidance_gradient", "guidance_substeps") if k in p})
     if method == "cemiface":
         return {**knobs, "guidance_scale": 1.0, "id_weight": 0.0, "beta": 0.0}
     if method == "idbooth":
