@@ -37,11 +37,10 @@ from tasks.identity import cos_to_centre  # noqa: E402
 from tasks.judge import DlibJudge, centred_unit  # noqa: E402
 from tasks.params import load_params  # noqa: E402
 from tasks.quality import loo_cos_to_centre, pair_cosines  # noqa: E402
-from tasks.sample import plan_identities, render_block  # noqa: E402
+from tasks.sample import plan_identities, render_block, sampling  # noqa: E402
 from tasks.shards import decode_image, iter_images  # noqa: E402
 
 SAMPLERS = [("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmsolver++", 20), ("dpmsolver++", 10)]
-GUIDANCE = ("id_weight", "beta", "guidance_schedule", "guidance_scale", "guidance_gradient", "guidance_substeps")
 VARIANT_SAMPLERS = [("ddim", 20), ("ddim", 10)]
 REFERENCE = "ddim-50"
 TARGET_NFE = (10, 20)
@@ -194,7 +193,8 @@ def sweep(art: Path, sample: dict, identities: int, embeddings: int, images: int
            "plan": {"identities": identities, "images_per_identity": embeddings * images, "ddpm_images": len(subset),
                     "ddpm_identities": len(sub_ids),
                     "resolution": pipe.unet.config.sample_size},
-           "guidance": {k: p[k] for k in GUIDANCE if k in p}}
+           # the stage's own guidance knobs, as the sample stage hands them to the pipeline
+           "guidance": {k: v for k, v in sampling(p, pipe.METHOD).items() if k not in ("sampler", "num_inference_steps")}}
     full = [r for r in runs.values() if r["sampler"] != "ddpm" and "settings" not in r]  # the stage's own guidance
     if full and any(r["sampler"] == "ddpm" for r in runs.values()):
         # DDPM ran on a small batch, where a step costs more per image; at the others' batch a guided step costs
