@@ -3,7 +3,7 @@
     python -m flows package   # params [package]; artifacts/{sample,encoder,align} -> artifacts/dataset
 
 Filters, each a parameter, applied in this order (an image's reason is the first that fails):
-  privacy_encoder / privacy_judge  a whole identity whose centre reaches the same-person threshold to any
+  privacy_encoder / privacy_judge  a whole identity whose centre reaches the privacy threshold to any
                                    real training identity, by the encoder or by the independent dlib judge;
   low_consistency                  an image whose encoder cosine to its identity centre < min_consistency;
   no_face                          the aligner (MTCNN) finds no face in the image (face_filter: true);
@@ -11,7 +11,9 @@ Filters, each a parameter, applied in this order (an image's reason is the first
   not_unique                       DCFace's r-ball on the surviving identities' encoder centres: one within
                                    unique_radius of an earlier kept one is dropped (uniqueness: drop) or
                                    relabelled as it (merge).
-Identity-level thresholds default to ones calibrated on the real training faces (tasks/filters.py).
+Identity-level thresholds left unset are the cosines real impostor identity pairs (centres of different real
+training people) reach at the false-match rate package.privacy_fmr (tasks/filters.py); counts.json records
+that operating point under privacy.calibration.
 ID-Booth (generator.method = idbooth) renders real people on purpose: its privacy filters and r-ball do not
 apply (the audit is still written), and the product is the augmented set - every planned identity's real
 training faces (source "real", their JPEG bytes) beside its kept generated images (source "generated").
@@ -35,7 +37,7 @@ from prefect import flow, get_run_logger
 from tasks.card import write_card
 from tasks.describe import embed_set
 from tasks.encoder import embed, load_encoder
-from tasks.filters import REASONS, apply_filters, centre_threshold
+from tasks.filters import REASONS, apply_filters, privacy_thresholds
 from tasks.identity import centres, cos_to_centre
 from tasks.io import atomic_path, write_bytes, write_json, write_parquet
 from tasks.judge import centred_unit
@@ -98,9 +100,6 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     syn = {"encoder": embed_set(describe, blocks)}
     real = {"encoder": embed_set(describe, real_shards)}
     n_judge = p["judge_images_per_identity"]
-    if 0 < n_judge < 4:
-        raise ValueError("package.judge_images_per_identity: use 0 (all) or at least 4 - the identity-level threshold "
-                         "splits each real identity's judged images into two halves")
     real["judge"] = judge_set(real_shards, judged_keys(real["encoder"]["keys"], real["encoder"]["labels"], n_judge))
     syn["judge"] = judge_set(blocks, judged_keys(syn["encoder"]["keys"], syn["encoder"]["labels"], n_judge))
     mean = real["judge"]["emb"].mean(0)  # dlib cosines are read after centring on the real faces (tasks/judge.py)
@@ -111,16 +110,11 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     if list(keys) != plan.index.tolist():
         raise ValueError("package: the sample blocks do not match plan.parquet (rerun the sample stage)")
 
-    # 2. thresholds: given, or calibrated on the real training faces at the identity level (only when unset)
-    unset = {m for m in ("encoder", "judge") if p["privacy_threshold"][m] is None}
-    if p["uniqueness"] != "keep" and p["unique_radius"] is None:
-        unset.add("encoder")
-    calibrated = {m: centre_threshold(real[m]["emb"], real[m]["labels"]) for m in sorted(unset)}
-    thr = {m: calibrated[m] if p["privacy_threshold"][m] is None else p["privacy_threshold"][m] for m in ("encoder", "judge")}
-    radius = p["unique_radius"] if p["unique_radius"] is not None else calibrated.get("encoder")
+    # 2. thresholds: given, or (unset) at package.privacy_fmr on the real training identities' centres
+    real_c = {m: centres(real[m]["emb"], real[m]["labels"]) for m in ("encoder", "judge")}
+    thr, radius, calibration = privacy_thresholds(p, {m: c for m, (_, c) in real_c.items()})
 
     ids = np.unique(ident)
-    real_c = {m: centres(real[m]["emb"], real[m]["labels"]) for m in ("encoder", "judge")}
     table = identity_table(ids, syn, real_c, thr)
     cons = cos_to_centre(syn["encoder"]["emb"], ident)
     face_found = ~np.isnan(faces["poses"]).any(1)
@@ -190,7 +184,7 @@ def package_flow(params_path: str = "params.yaml") -> dict:
                  if augment else {})}
     # the reference: how many distinct real people are this close to another real person (1:N comparisons)
     real_other = {m: real_nearest_other(real_c[m][1]) for m in ("encoder", "judge")}
-    priv = {"thresholds": thr, "calibrated_thresholds": calibrated, "unique_radius": radius if p["uniqueness"] != "keep" else None,
+    priv = {"thresholds": thr, "calibration": calibration, "unique_radius": radius,
             "judge_images_per_identity": n_judge, "real_identities": {m: int(len(np.unique(real[m]["labels"]))) for m in real},
             **{m: {"max_cos_mean": float(table[f"max_cos_real_{m}"].mean()), "max_cos_max": float(table[f"max_cos_real_{m}"].max()),
                    "max_cos_p95": float(np.percentile(table[f"max_cos_real_{m}"], 95)),

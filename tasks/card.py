@@ -37,6 +37,29 @@ def licence(allp: dict, augment: bool = False) -> str:
             "are replaced by licensed ones and the dataset is regenerated.")
 
 
+def operating_point(privacy: dict, pk: dict, applied: bool = True) -> str:
+    """The privacy filter's operating point in plain words: the false-match rate on real impostor identity
+    pairs its thresholds were set at (or that params gave them), and the share of real people it flags."""
+    thr, cal = privacy["thresholds"], privacy["calibration"]
+    verb = "is dropped" if applied else "is flagged (recorded, not dropped: these people are real by design)"
+    share = (f"{privacy['encoder']['real_identities_at_threshold_to_another_real']:.0%} (encoder) and "
+             f"{privacy['judge']['real_identities_at_threshold_to_another_real']:.0%} (judge) of the real training "
+             "identities would be flagged against another real person")
+    by_fmr = [m for m in ("encoder", "judge") if pk["privacy_threshold"][m] is None]
+    if not by_fmr:
+        return (f"Privacy: a synthetic identity {verb} when its centre reaches, to a real training identity's centre, "
+                f"encoder cosine {thr['encoder']:.3f} or judge cosine {thr['judge']:.3f} (both set in params); at these "
+                f"thresholds {share}.")
+    fmr = cal[by_fmr[0]]["fmr"]
+    pairs = {m: cal[m]["impostor_pairs"] for m in by_fmr}
+    source = (f"{next(iter(pairs.values())):,}" if len(set(pairs.values())) == 1 else
+              " and ".join(f"{n:,} ({m})" for m, n in pairs.items()))
+    cosines = ", ".join(f"{m} cosine {thr[m]:.3f}" + ("" if m in by_fmr else " as set in params") for m in ("encoder", "judge"))
+    return (f"Privacy: a synthetic identity {verb} when its centre is as close to a real training identity's centre "
+            f"as different real people are at a false-match rate of {fmr:g} ({cosines}, from {source} pairs of "
+            f"different real training identities); at this operating point {share}.")
+
+
 def write_card(path, counts: dict, privacy: dict, shards: list[dict], runs: dict, allp: dict, package_run: dict) -> None:
     g, s, pk = allp["generator"], allp["sample"], allp["package"]
     prov = "\n".join(f"| {n} | {_short(r.get('code_version'))} | {_short(r.get('params_hash'))} | "
@@ -54,8 +77,9 @@ def write_card(path, counts: dict, privacy: dict, shards: list[dict], runs: dict
     audit = "\n".join(f"| {m} | {privacy['thresholds'][m]:.3f} | {v['max_cos_mean']:.3f} | {v['max_cos_p95']:.3f} | "
                       f"{v['max_cos_max']:.3f} | {v['identities_flagged']} | {v['real_identities_at_threshold_to_another_real']:.0%} |"
                       for m, v in pm.items())
-    unique = f" at radius {privacy['unique_radius']:.3f}" if privacy["unique_radius"] is not None else ""
-    calibrated = ", ".join(f"{m} {v:.3f}" for m, v in privacy["calibrated_thresholds"].items())
+    unique = (f" at radius {privacy['unique_radius']:.3f}" + (" (the encoder's cosine at the same false-match rate)"
+                                                             if pk["unique_radius"] is None else "")
+              if privacy["unique_radius"] is not None else "")
     augment = g["method"] == "idbooth"
     if augment:
         q = s["idbooth"]
@@ -123,9 +147,9 @@ threshold were dropped."""
 
 Settings: {settings}; minimum
 consistency {pk['min_consistency']}; face filter {'on' if pk['face_filter'] else 'off'}; at least
-{pk['min_images_per_identity']} images per identity. Thresholds calibrated on the real training faces
-(half-identity centres vs other identities' half-centres): {calibrated or 'none (all given in params)'}.
-Dropped images are listed in `rejects.parquet`.
+{pk['min_images_per_identity']} images per identity. Dropped images are listed in `rejects.parquet`.
+
+{operating_point(privacy, pk, applied=not augment)}
 
 ## Privacy audit
 {audit_text}

@@ -1,15 +1,20 @@
 """The package stage's filters and privacy audit, on unit embeddings (encoder or centred dlib judge).
 
-    thr = centre_threshold(real_emb, real_labels)          # identity-level same-person cosine, calibrated
-    keep_img = consistency >= min_cos                        # per image: cosine to its identity centre
-    rep = r_ball(centres, radius)                            # per identity: the kept identity it falls within
+    thr, radius, cal = privacy_thresholds(p, real_centres)    # params' thresholds; unset ones at privacy_fmr
+    cal = fmr_threshold(real_centres, fmr, "encoder")         # the cosine real impostor identity pairs reach at fmr
+    keep_img = consistency >= min_cos                          # per image: cosine to its identity centre
+    rep = r_ball(centres, radius)                              # per identity: the kept identity it falls within
     best, nearest = nearest_real(synth_centres, real_centres)  # per synthetic identity: privacy audit
 
 Identity-level decisions compare identity centres, which are tighter than single images: a threshold
-calibrated on image pairs would call distinct people the same. `centre_threshold` calibrates on centres
-instead: each real identity's images are split in two halves, the two half-centres are a matched pair,
-half-centres of different identities are impostor pairs, and the threshold is the middle of the
-range of best accuracy on them.
+calibrated on image pairs would call distinct people the same. An unset threshold is set on the centres
+the privacy audit compares against - the real training identities' - at a stated false-match rate
+(`package.privacy_fmr`): over all n(n-1)/2 pairs of distinct real identities (impostor pairs), it is the
+smallest cosine t with at most a fraction fmr of those pairs at or above t. A synthetic identity at or
+above t to a real one is as close to that person as only that fraction of pairs of different real people
+are. The rate is resolved only from at least MIN_TAIL / fmr pairs (so MIN_TAIL of them lie beyond t);
+fewer are refused. The uniqueness r-ball's radius defaults to the encoder's threshold at the same rate:
+two synthetic identities closer than real impostors at that rate are duplicates.
 """
 from __future__ import annotations
 
@@ -17,30 +22,53 @@ import numpy as np
 import pandas as pd
 
 from .identity import centres
-from .quality import _groups
 
 REASONS = ("privacy_encoder", "privacy_judge", "low_consistency", "no_face", "too_few_images", "not_unique")
+MIN_TAIL = 10  # impostor pairs a stated false-match rate must leave at or above its threshold (module doc)
 
 
-def centre_threshold(emb: np.ndarray, identity: np.ndarray, min_identities: int = 10, seed: int = 0) -> float:
-    """Cosine above which two identity centres belong to the same real person (see module doc): the
-    middle of the range of thresholds with the best accuracy, not its lenient edge."""
-    halves_a, halves_b = [], []
-    for ix in _groups(np.asarray(identity)):
-        if len(ix) >= 2:
-            halves_a.append(emb[ix[0::2]].mean(0)); halves_b.append(emb[ix[1::2]].mean(0))
-    if len(halves_a) < min_identities:
-        raise ValueError(f"centre_threshold: {len(halves_a)} real identities with 2+ images; need at least {min_identities}")
-    a, b = (np.stack(h) for h in (halves_a, halves_b))
-    a, b = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (a, b))
-    n = len(a)
-    other = (np.arange(n) + np.random.default_rng(seed).integers(1, n, n)) % n  # another identity's half-centre
-    cos = np.r_[(a * b).sum(1), (a * b[other]).sum(1)]
-    same = np.r_[np.ones(n, bool), np.zeros(n, bool)]
-    grid = np.arange(-1.0, 1.0 + 1e-9, 0.005)
-    acc = np.array([((cos >= t) == same).mean() for t in grid])
-    best = grid[acc >= acc.max() - 1e-12]
-    return float((best.min() + best.max()) / 2)
+def fmr_threshold(real_centres: np.ndarray, fmr: float, model: str = "encoder", max_block: int = 4_000_000) -> dict:
+    """The cosine distinct real identities' unit centres reach at false-match rate `fmr` (module doc), over
+    all impostor pairs blockwise, keeping only the top of their distribution. Returns {fmr, threshold,
+    impostor_pairs, impostor_pairs_at_or_above (<= fmr x impostor_pairs), real_identities}; a one-line
+    ValueError for non-finite centres or too few pairs to resolve fmr."""
+    c = np.asarray(real_centres, dtype=np.float64)
+    n = len(c)
+    bad = int((~np.isfinite(c).all(1)).sum()) if n else 0
+    if bad:
+        raise ValueError(f"package: the {model}'s privacy threshold is not finite: {bad} of {n} real identity centres "
+                         "hold NaN/inf (check its real training embeddings)")
+    pairs, need = n * (n - 1) // 2, int(np.ceil(MIN_TAIL / fmr - 1e-9))
+    if pairs < need:
+        raise ValueError(f"package.privacy_fmr: {fmr:g} is not resolved by {pairs} real impostor identity pairs of the "
+                         f"{model} ({n} real identities); it needs at least {need} ({MIN_TAIL} / fmr) - use a larger "
+                         f"privacy_fmr, or set package.privacy_threshold.{model}")
+    k = int(np.floor(fmr * pairs * (1 + 1e-12)))  # impostor pairs allowed at or above the threshold
+    top = np.zeros(0)  # the k + 1 highest impostor cosines so far
+    step = max(1, max_block // max(n, 1))
+    for i in range(0, n, step):
+        s = c[i:i + step] @ c.T
+        vals = s[np.arange(n)[None, :] > np.arange(i, i + len(s))[:, None]]  # each pair once: j > i
+        top = np.concatenate([top, vals])
+        if len(top) > k + 1:
+            top = np.partition(top, len(top) - k - 1)[-(k + 1):]
+    t = float(np.nextafter(top.min(), np.inf))  # just above the (k+1)-th highest: at most k pairs reach it
+    return {"fmr": float(fmr), "threshold": t, "impostor_pairs": int(pairs),
+            "impostor_pairs_at_or_above": int((top >= t).sum()), "real_identities": int(n)}
+
+
+def privacy_thresholds(p: dict, real_centres: dict) -> tuple[dict, float | None, dict]:
+    """The package params' identity-level thresholds: privacy_threshold.{encoder,judge} and unique_radius as
+    given, each unset one at privacy_fmr on the real identity centres (model -> unit centres; the radius
+    takes the encoder's). Returns (model -> threshold, the r-ball radius or None when uniqueness is keep,
+    model -> fmr_threshold record for each model calibrated)."""
+    unset = {m for m in ("encoder", "judge") if p["privacy_threshold"][m] is None}
+    if p["uniqueness"] != "keep" and p["unique_radius"] is None:
+        unset.add("encoder")
+    cal = {m: fmr_threshold(real_centres[m], p["privacy_fmr"], m) for m in sorted(unset)}
+    thr = {m: cal[m]["threshold"] if p["privacy_threshold"][m] is None else p["privacy_threshold"][m] for m in ("encoder", "judge")}
+    radius = None if p["uniqueness"] == "keep" else cal["encoder"]["threshold"] if p["unique_radius"] is None else p["unique_radius"]
+    return thr, radius, cal
 
 
 def r_ball(c: np.ndarray, radius: float) -> np.ndarray:

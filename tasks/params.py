@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -86,7 +87,7 @@ SCHEMA = {
         "train_folds": L(I(1, 10)), "eval_folds": L(I(1, 10)),
         "min_images_per_person": I(1), "max_images_per_person": I(1), "max_train_people": I(1),
         "max_pairs_per_fold": I(1, 300), "chunk_size": I(1), "batch_size": I(1), "shard_size": I(1),
-        "pose": S(["auto", "pnp", "hopenet"]), "age_estimator": S(optional=True),
+        "pose": S(["auto", "pnp", "hopenet"]), "age_estimator": S(["dlib-age"], optional=True),
         # training faces from elsewhere instead of LFW's train folds (tasks/interchange.py); eval stays LFW
         "train_source": S(optional=True), "pre_aligned": Spec(bool),
     },
@@ -118,8 +119,10 @@ SCHEMA = {
                     "poses": L(S()), "backgrounds": L(S()), "align": Spec(bool), "align_min_score": F(0.0, 1.0)},
     },
     "package": {"shard_size": I(1), "image_format": S(["png", "jpg"]),
-                # the filters (flows/package.py); an unset threshold is calibrated on the real training faces
+                # the filters (flows/package.py); an unset threshold is the cosine real impostor identity pairs
+                # reach at the false-match rate privacy_fmr (tasks/filters.py)
                 "privacy_threshold": {"encoder": F(-1.0, 1.0, optional=True), "judge": F(-1.0, 1.0, optional=True)},
+                "privacy_fmr": F(0.0, 1.0),
                 "uniqueness": S(["drop", "merge", "keep"]), "unique_radius": F(-1.0, 1.0, optional=True),
                 "min_consistency": F(-1.0, 1.0), "face_filter": Spec(bool), "min_images_per_identity": I(1),
                 "judge_images_per_identity": I(0), "grid_identities": I(1), "grid_images": I(1)},
@@ -174,6 +177,13 @@ def validate(raw: dict) -> dict:
         if p[sec]["batch_size"] % (d["nproc_per_node"] * d["nnodes"]):
             raise ParamsError(f"{sec}.batch_size: {p[sec]['batch_size']} does not divide over "
                               f"{d['nproc_per_node'] * d['nnodes']} processes (distributed.nproc_per_node x nnodes)")
+    pk = p["package"]  # NaN passes every range check: the package filters' numbers must be finite
+    for key, v in [("privacy_fmr", pk["privacy_fmr"]), ("unique_radius", pk["unique_radius"]),
+                   ("min_consistency", pk["min_consistency"]), *((f"privacy_threshold.{m}", t) for m, t in pk["privacy_threshold"].items())]:
+        if v is not None and not math.isfinite(v):
+            raise ParamsError(f"package.{key}: {v!r} is not a finite number")
+    if not 0.0 < pk["privacy_fmr"] < 1.0:
+        raise ParamsError(f"package.privacy_fmr: {pk['privacy_fmr']!r} is a false-match rate, strictly between 0 and 1")
     return p
 
 

@@ -27,6 +27,13 @@ def test_shipped_params_files_validate():
     (("package", "uniqueness"), False, "package.uniqueness: expected str, got bool False .YAML reads unquoted on/off"),
     (("encoder", "distributed", "nnodes"), 2, "encoder.distributed.rdzv_endpoint: needed when nnodes > 1"),
     (("train_fr", "distributed", "nproc_per_node"), 3, "train_fr.batch_size: 64 does not divide over 3 processes"),
+    # NaN passes every range comparison: the package filters' numbers are checked finite
+    (("package", "privacy_fmr"), float("nan"), "package.privacy_fmr: nan is not a finite number"),
+    (("package", "privacy_threshold", "judge"), float("nan"), "package.privacy_threshold.judge: nan is not a finite number"),
+    (("package", "unique_radius"), float("nan"), "package.unique_radius: nan is not a finite number"),
+    (("package", "privacy_fmr"), float("inf"), "package.privacy_fmr: inf is above the maximum"),
+    (("package", "privacy_fmr"), 0, "package.privacy_fmr: 0.0 is a false-match rate, strictly between 0 and 1"),
+    (("package", "privacy_fmr"), 1.0, "package.privacy_fmr: 1.0 is a false-match rate, strictly between 0 and 1"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     r = copy.deepcopy(raw())

@@ -41,7 +41,8 @@ MICRO = {
                               "prior_images": 4, "prior_steps": 3}},
     "sample": {"num_identities": 4, "embeddings_per_identity": 2, "images_per_embedding": 1, "anchor_iters": 20,
                "num_inference_steps": 3, "block_size": 2, "batch_size": 8, "idbooth": {"num_inference_steps": 3}},
-    # 4 micro identities of one 16 px face: calibrated filters would leave one (tests/test_filters.py covers them)
+    # 4 micro identities of one 16 px face, 12 real people (66 impostor pairs: too few to resolve privacy_fmr),
+    # so the thresholds are given (tests/test_filters.py covers the calibrated ones)
     "package": {"shard_size": 5, "privacy_threshold": {"encoder": 0.999, "judge": 0.999}, "unique_radius": 1.0},
     # both FR stages train data-parallel: two gloo processes under torchrun (tasks/fr_dist.py)
     "train_fr": {"arch": {"layers": [1, 1], "widths": [16, 32], "input_size": 32, "embedding_dim": 32},
