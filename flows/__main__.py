@@ -1,6 +1,7 @@
 """Command line: `python -m flows <stage> [--params FILE]`, or `synthface <stage>` once installed.
 
-Stages: fetch-data, align, train-encoder, train-generator, sample, package, train-fr-real, train-fr, evaluate.
+Stages: fetch-data, align, train-encoder, train-generator, sample, package, train-fr-real, train-fr,
+train-fr-matched, evaluate.
 `python -m flows params --dry-run` prints the validated configuration and its hash.
 `python -m flows build-bin --pairs pairs.txt --images DIR --out lfw.bin [--folds 1 2 ..]` writes an
 insightface .bin from LFW-style pairs and already aligned images laid out as DIR/<name>/<name>_0001.jpg.
@@ -26,6 +27,7 @@ STAGES = {
     "package": ("flows.package", "package_flow"),
     "train-fr-real": ("flows.train_fr", "train_fr_real_flow"),
     "train-fr": ("flows.train_fr", "train_fr_flow"),
+    "train-fr-matched": ("flows.train_fr_matched", "train_fr_matched_flow"),
     "evaluate": ("flows.evaluate", "evaluate_flow"),
 }
 

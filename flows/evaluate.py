@@ -2,6 +2,12 @@
 held-out LFW folds and on every insightface .bin under evaluate.benchmarks_dir - plus the dataset-quality
 metrics by the independent dlib judge and by the identity encoder, side by side, and the figures.
 
+The rows: all real training faces (train_fr_real), a real subset the synthetic set's size (train_fr_matched;
+report.json `synthetic_over_matched_real` is the synthetic / size-matched real accuracy on the held-out LFW
+pairs) and the synthetic set (train_fr). quality.json's `real_baseline` holds the judge's pair acceptance and
+MTCNN's detection rate on the real training faces downsampled to the synthetic images' resolution and at
+their own, next to the synthetic set's, with the product's synthetic / real ratios.
+
     python -m flows evaluate   # params [evaluate] -> metrics/report.{json,md}, metrics/quality.json,
                                #   plots/roc.csv, plots/{sample_grid,cosine_hist,privacy_hist}.png,
                                #   artifacts/evaluate/lfw_heldout.bin (the held-out pairs as a .bin)
@@ -19,19 +25,24 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from tasks.benchmarks import LFW_PEOPLE, build_bin, find_bins, read_bin, write_bin
-from tasks.describe import embed_bin, embed_set
+from tasks.describe import embed_bin, embed_set, smallest_side
 from tasks.encoder import embed, load_encoder
 from tasks.io import atomic_path, write_json
 from tasks.judge import centred_unit
-from tasks.quality import pair_cosines, pose_spread, privacy_leakage, quality, real_nearest_other
+from tasks.quality import pair_cosines, pose_spread, privacy_leakage, quality, real_baseline, real_nearest_other
 from tasks.identity import centres
-from tasks.report import cosine_histograms, markdown, privacy_histogram, report_table, sample_grid, write_markdown
+from tasks.report import (accuracy_ratio, cosine_histograms, markdown, privacy_histogram, report_table, sample_grid,
+                          write_markdown)
 from tasks.shards import read_tar
 from tasks.verification import roc, verify
 
 from . import ROOT
 from .common import RunRecord, device, params, stage_dir
 from .judging import detect_set, judge_bin, judge_set
+
+
+REAL, MATCHED = "real (LFW train split)", "real (LFW train split, size-matched)"
+LOW = "judge (dlib) at synthetic resolution"  # the real faces' judge column, downsampled as the synthetic images are
 
 
 def heldout_bin(align: Path, out: Path) -> Path:
@@ -70,10 +81,11 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
     metrics.mkdir(exist_ok=True); plots.mkdir(exist_ok=True)
     method = allp["generator"]["method"]  # ID-Booth's set is real faces plus renders of the same people
     synth_name = p["synthetic_label"] or (f"real + generated ({method})" if method == "idbooth" else f"synthetic ({method})")
-    models = {"real (LFW train split)": art / "fr_real", synth_name: art / "fr_synthetic"}
+    models = {REAL: art / "fr_real", MATCHED: art / "fr_real_matched", synth_name: art / "fr_synthetic"}
     bench_dir = ROOT / p["benchmarks_dir"]
     benches = {"lfw_heldout": heldout_bin(align, out), **find_bins(bench_dir)}
     rec = RunRecord("evaluate", p, out, {**{k: v for k, v in benches.items()}, "fr_real": art / "fr_real",
+                                         "fr_real_matched": art / "fr_real_matched",
                                          "fr_synthetic": art / "fr_synthetic", "encoder": art / "encoder",
                                          "dataset": ds / "manifest.parquet"})
     dev = device()
@@ -101,14 +113,19 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
             log.warning(f"evaluate: {name} on {bench}: {results[name][bench]['accuracy']:.4f} +- {results[name][bench]['accuracy_std']:.4f}")
         if bench == "lfw_heldout":  # to calibrate the quality models' same-person thresholds on held-out real pairs
             heldout = (issame, {"judge (dlib)": judge_bin(path), "encoder": embed_bin(describe_encoder, bins)})
-    runs = {n: json.loads((d / "run.json").read_text()).get("training", {}) for n, d in models.items()}
+    runs = {n: json.loads((d / "run.json").read_text()) for n, d in models.items()}
     info = {n: {"images": r.get("train_images", 0) + r.get("val_images", 0),
                 "identities": r.get("train_identities", 0) + r.get("val_identities", 0),
-                "chosen_epoch": r.get("chosen_epoch"), "chosen_val_accuracy": r.get("chosen_val_accuracy")} for n, r in runs.items()}
-    # the real baseline trained on LFW's people, so LFW-derived benchmark files are not held out for it
-    info[next(iter(models))]["not_held_out"] = [b for b in benches if b in LFW_PEOPLE]
+                "chosen_epoch": r.get("chosen_epoch"), "chosen_val_accuracy": r.get("chosen_val_accuracy")}
+            for n, r in ((n, run.get("training", {})) for n, run in runs.items())}
+    size = runs[MATCHED]["size_match"]  # what it was matched to, and any shortfall (tasks/matched.py)
+    info[MATCHED]["size_match"] = {k: size[k] for k in ("target", "selected", "shortfall", "matched", "distribution")}
+    for n in (REAL, MATCHED):  # the real rows trained on LFW's people: LFW-derived benchmark files are not held out
+        info[n]["not_held_out"] = [b for b in benches if b in LFW_PEOPLE]
     table = report_table(results, info)
-    write_json(metrics / "report.json", {**table, **({"skipped_benchmarks": skipped} if skipped else {})})
+    ratio = accuracy_ratio(table, synth_name, MATCHED)
+    write_json(metrics / "report.json", {**table, "synthetic_over_matched_real": ratio,
+                                         **({"skipped_benchmarks": skipped} if skipped else {})})
     with atomic_path(plots / "roc.csv") as tmp:
         pd.DataFrame(roc_rows).to_csv(tmp, index=False)
 
@@ -118,15 +135,23 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
     sets = {"synthetic": (sorted(ds / s for s in dm["shard"].unique()), dm), "real": (sorted(align / s for s in am["shard"].unique()), am)}
     emb: dict = {}
     poses: dict = {}
+    judged: dict = {}
     grid_ids = set(sorted(dm["label"].unique())[:p["grid_identities"]])
     for s, (shards, m) in sets.items():
-        judged = first_identities(m, p["judge_max_identities"])
+        judged[s] = sorted(first_identities(m, p["judge_max_identities"]))
         emb[("encoder", s)] = embed_set(describe_encoder, shards, grid_ids=grid_ids if s == "synthetic" else ())
-        emb[("judge (dlib)", s)] = judge_set(shards, sorted(judged))
+        emb[("judge (dlib)", s)] = judge_set(shards, judged[s])
         poses[s] = detect_set(shards)  # every face, re-detected by the aligner
+    # the real baseline: the same real faces downsampled to the synthetic images' resolution, then the same path
+    # (the judge on the judged identities only, as above; the detector on every face)
+    res = {s: smallest_side(shards) for s, (shards, _) in sets.items()}
+    low = res["synthetic"] if 0 < res["synthetic"] < res["real"] else None  # None: they are the real faces as they are
+    if low:
+        emb[(LOW, "real")] = judge_set(sets["real"][0], judged["real"], low)
+        poses[LOW] = detect_set(sets["real"][0], low)
     judge_mean = emb[("judge (dlib)", "real")]["emb"].mean(0)
-    for s in sets:
-        emb[("judge (dlib)", s)]["emb"] = centred_unit(emb[("judge (dlib)", s)]["emb"], judge_mean)
+    for key in [k for k in emb if k[0] in ("judge (dlib)", LOW)]:
+        emb[key]["emb"] = centred_unit(emb[key]["emb"], judge_mean)
     heldout[1]["judge (dlib)"] = centred_unit(heldout[1]["judge (dlib)"], judge_mean)
     calibration = {m: verify_bin(e, heldout[0], p) for m, e in heldout[1].items()}
     thr = {m: cos_threshold(calibration[m]) for m in quality_models}
@@ -145,6 +170,18 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
             qual[s]["encoder (judged identities)"] = quality(e["emb"][sel], e["labels"][sel], thr["encoder"], p["unique_radius"],
                                                              real_c["encoder"] if s == "synthetic" else None)
         qual[s]["pose"] = pose_spread(poses[s]["poses"], poses[s]["labels"])
+    if low:
+        e = emb[(LOW, "real")]
+        qual["real"][LOW] = {**quality(e["emb"], e["labels"], thr["judge (dlib)"], p["unique_radius"]), "resolution": low}
+    measured = {s: {"quality": qual[s]["judge (dlib)"], "resolution": res[s], "faces_found": qual[s]["pose"]["faces_found"]}
+                for s in sets}
+    at_low = measured["real"] if not low else {"quality": qual["real"][LOW], "resolution": low,
+                                               "faces_found": pose_spread(poses[LOW]["poses"], poses[LOW]["labels"])["faces_found"]}
+    base = real_baseline(measured["synthetic"], at_low, measured["real"])
+    # each set's face-detection rate beside its figures, the real one at the synthetic resolution (like for like)
+    qual["synthetic"].update(faces_found=measured["synthetic"]["faces_found"], faces_found_resolution=res["synthetic"])
+    qual["real"].update(faces_found=at_low["faces_found"], faces_found_resolution=at_low["resolution"],
+                        faces_found_full_resolution=measured["real"]["faces_found"], full_resolution=res["real"])
     for mod in quality_models:
         synth_c = centres(emb[(mod, "synthetic")]["emb"], emb[(mod, "synthetic")]["labels"])[1]
         leak[mod] = {"synthetic -> nearest real": privacy_leakage(synth_c, real_c[mod]),
@@ -152,9 +189,10 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
     quality_out = {"calibration_lfw_heldout": {m: {"accuracy": c["accuracy"], "accuracy_std": c["accuracy_std"],
                                                    "same_person_cos_threshold": thr[m]} for m, c in calibration.items()},
                    "judge_max_identities": p["judge_max_identities"],
-                   "judge_cosines": "dlib descriptors centred on the judged real training faces' mean, then normalised", **qual}
+                   "judge_cosines": "dlib descriptors centred on the judged real training faces' mean, then normalised", **qual,
+                   "real_baseline": base}
     write_json(metrics / "quality.json", quality_out)
-    write_markdown(metrics / "report.md", markdown(table, list(benches), qual, p["far"]))
+    write_markdown(metrics / "report.md", markdown(table, list(benches), qual, p["far"], ratio, base))
     cosine_histograms(plots / "cosine_hist.png", panels)
     privacy_histogram(plots / "privacy_hist.png", leak, thr)
     g = emb[("encoder", "synthetic")]

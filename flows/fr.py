@@ -1,5 +1,6 @@
 """The FR-training flow body shared by train_encoder (identity encoder), train_fr_real (real-data
-baseline) and train_fr (synthetic shards): split off validation identities, train, save the chosen checkpoint.
+baseline), train_fr_matched (its size-matched subset) and train_fr (synthetic shards): split off validation
+identities, train, save the chosen checkpoint.
 
 Training checkpoints every epoch to CHECKPOINTS/<stage>-<content key> (flows/__init__.py), so a killed stage
 resumes where it stopped; the folder goes once the stage's outputs are written. With
@@ -41,8 +42,9 @@ def fr_training(stage: str, shards: list[Path], train: dict[str, int], val: dict
     return {k: v.cpu() for k, v in model.state_dict().items()}, stats
 
 
-def train_and_save(stage: str, shards: list[Path], manifest: pd.DataFrame, p: dict, out: Path, inputs: dict[str, Path]) -> dict:
-    """manifest: one row per training image with `key` and `label`."""
+def train_and_save(stage: str, shards: list[Path], manifest: pd.DataFrame, p: dict, out: Path, inputs: dict[str, Path],
+                   **record) -> dict:
+    """manifest: one row per training image with `key` and `label`; record: more results for run.json."""
     rec = RunRecord(stage, p, out, inputs)
     train, val = validation_split(manifest, p["val_fraction"], p["seed"])
     num_classes = len(set(train.values()))
@@ -51,6 +53,6 @@ def train_and_save(stage: str, shards: list[Path], manifest: pd.DataFrame, p: di
     model = build(config)
     model.load_state_dict(state)
     save_encoder(model, config, out)
-    result = rec.finish(training=stats)
+    result = rec.finish(training=stats, **record)
     shutil.rmtree(checkpoint_dir(stage, shards, train, val, p), ignore_errors=True)  # the outputs hold what it did
     return result

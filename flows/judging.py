@@ -4,6 +4,7 @@ described once is reused by every later stage and experiment whose inputs have t
 
     d = judge_set(shards, keys)   # {"keys", "emb": raw dlib descriptors, "labels"}
     f = detect_set(shards)        # {"keys", "labels", "poses": N x 3, nan where no face is found}
+    d32 = judge_set(shards, keys, resolution=32)   # the faces downsampled to 32 px first (both tasks)
     e = judge_bin(path)           # raw descriptors of every image slot of an insightface .bin
 """
 from __future__ import annotations
@@ -37,15 +38,17 @@ def _detector():
 
 
 @task(cache_key_fn=content_key, persist_result=True)
-def judge_set(shards: list[Path], keys: list[str]) -> dict:
-    """dlib descriptors of the given faces (~0.1 s a face on CPU), cached on the shards' bytes."""
-    return embed_set(_judge().describe_all, shards, set(keys))
+def judge_set(shards: list[Path], keys: list[str], resolution: int | None = None) -> dict:
+    """dlib descriptors of the given faces (~0.1 s a face on CPU), cached on the shards' bytes; with resolution,
+    of the faces downsampled to it (tasks/describe.embed_set)."""
+    return embed_set(_judge().describe_all, shards, set(keys), resolution=resolution)
 
 
 @task(cache_key_fn=content_key, persist_result=True)
-def detect_set(shards: list[Path]) -> dict:
-    """Re-detect every face of a set with MTCNN and estimate its head pose from the 5 landmarks."""
-    return embed_set(None, shards, None, _detector())
+def detect_set(shards: list[Path], resolution: int | None = None) -> dict:
+    """Re-detect every face of a set with MTCNN and estimate its head pose from the 5 landmarks; with
+    resolution, of the faces downsampled to it (then upsampled to the detector's 112 px as any small face)."""
+    return embed_set(None, shards, None, _detector(), resolution=resolution)
 
 
 @task(cache_key_fn=content_key, persist_result=True)

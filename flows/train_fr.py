@@ -3,6 +3,7 @@ synthetic dataset and on the real aligned training faces, so the report compares
 
     python -m flows train-fr          # artifacts/dataset -> artifacts/fr_synthetic
     python -m flows train-fr-real     # artifacts/align (train split) -> artifacts/fr_real
+The size-matched real row's stage (train_fr_matched) is flows/train_fr_matched.py, on the same _train.
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from .common import params, stage_dir
 from .fr import train_and_save
 
 
-def _train(stage: str, src: Path, m: pd.DataFrame, out: str, params_path: str) -> dict:
+def _train(stage: str, src: Path, m: pd.DataFrame, out: str, params_path: str, inputs: dict | None = None, **record) -> dict:
+    """The recipe on the rows of m (key, label, shard under src); inputs and record: more for run.json."""
     shards = sorted(src / s for s in m["shard"].unique())
     return train_and_save(stage, shards, m, params(params_path)["train_fr"], stage_dir(out),
-                          {"manifest": src / "manifest.parquet", **{s.name: s for s in shards}})
+                          {"manifest": src / "manifest.parquet", **{s.name: s for s in shards}, **(inputs or {})}, **record)
 
 
 @flow(name="train_fr")

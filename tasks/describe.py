@@ -2,22 +2,31 @@
 embeddings: the identity encoder, the dlib judge - and optionally the aligner's re-detection.
 
     s = embed_set(describe, shards, keys=None, detector=None, grid_ids=())   # {"keys", "emb", "labels", "poses", ...}
+    low = embed_set(describe, shards, resolution=32)                         # the faces downsampled to 32 px first
     e = embed_bin(describe, bins)                                            # one row per .bin image slot
+    px = smallest_side(shards)                                               # image headers only
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
 
 from .benchmarks import decoded_batches
-from .quality import face_poses
-from .shards import iter_images
+from .quality import at_resolution, face_poses
+from .shards import iter_images, read_tar
 
 
-def embed_set(describe, shards, keys=None, detector=None, grid_ids=()) -> dict:
+def embed_set(describe, shards, keys=None, detector=None, grid_ids=(), resolution: int | None = None) -> dict:
     """Stream a set once: keys, embeddings (none when describe is None) and labels, head poses when a
-    detector is given (nan: no face found), and the images of grid_ids; nothing else stays decoded."""
+    detector is given (nan: no face found), and the images of grid_ids; nothing else stays decoded.
+    resolution: every face is first downsampled to it (quality.at_resolution), then described and detected
+    as images of that size are."""
     out = {"keys": [], "emb": [], "labels": [], "poses": [], "grid": [], "grid_labels": []}
     for ks, images, cls in iter_images(shards, keys):
+        if resolution:
+            images = at_resolution(images, resolution)
         out["keys"].append(np.array(ks, dtype=object)); out["labels"].append(cls)
         out["emb"].append(describe(images) if describe is not None else np.zeros((len(images), 0)))
         if detector is not None:
@@ -36,3 +45,10 @@ def embed_bin(describe, bins: list[bytes]) -> np.ndarray:
     index = {b: i for i, b in enumerate(uniq)}
     emb = np.concatenate([describe(batch) for batch in decoded_batches(uniq)])
     return emb[[index[b] for b in bins]]
+
+
+def smallest_side(shards) -> int:
+    """The smallest image side in a set (image headers only, nothing decoded): the generated images'
+    resolution, also in ID-Booth's augmented set, whose real faces stay 112 px; 0 for an empty set."""
+    sides = [min(Image.open(io.BytesIO(s.get("jpg", s.get("png")))).size) for sh in shards for s in read_tar(sh)]
+    return min(sides, default=0)

@@ -12,7 +12,10 @@
   r of an already kept one is not unique);
 - intra-class diversity: pose spread and embedding spread within identities;
 - privacy leakage: per synthetic identity, the highest cosine of its centre to any real identity centre,
-  counted against the pairwise threshold and against the 95th percentile of real-to-nearest-other-real.
+  counted against the pairwise threshold and against the 95th percentile of real-to-nearest-other-real;
+- the real baseline: the real faces downsampled to the synthetic resolution (at_resolution) and measured the
+  same way, so the synthetic set's judge pair acceptance and face-detection rate have a like-for-like
+  reference (real_baseline: the figures and the product's synthetic / real ratios).
 """
 from __future__ import annotations
 
@@ -168,3 +171,53 @@ def pose_spread(poses: np.ndarray, identity: np.ndarray) -> dict:
     s = np.mean(stds, 0) if stds else [None] * 3
     return {"faces_found": float(found.mean()) if len(found) else None, "identities_with_2_faces": len(stds),
             **{f"{n}_std_within_identity": (float(v) if v is not None else None) for n, v in zip(("yaw", "pitch", "roll"), s)}}
+
+
+def at_resolution(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 NHWC faces downsampled to size x size the way the generator's training targets are (bilinear,
+    antialiased: tasks/train_generator.to_resolution), so real faces can be measured at the synthetic images'
+    resolution; other sizes are returned as they are."""
+    import torch
+    from torch.nn import functional as F
+    if not len(images) or images.shape[1] == size:
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+# what the product asks of a synthetic set against real faces, by the judge at its calibrated threshold
+SAME_IDENTITY_RATIO_MIN = 0.8      # synthetic / real same-identity pair acceptance, at least
+DIFFERENT_IDENTITY_RATIO_MAX = 2.0  # synthetic / real different-identity pair acceptance, at most
+
+
+def _ratio(a, b):
+    return None if a is None or not b else float(a) / float(b)
+
+
+def acceptance_ratios(synthetic: dict, real: dict) -> dict:
+    """The two product ratios of synthetic over real pair acceptance (entries of real_baseline); None where the
+    real figure is 0 or missing (undefined)."""
+    same = _ratio(synthetic["same_identity_pairs_accepted"], real["same_identity_pairs_accepted"])
+    diff = _ratio(synthetic["different_identity_pairs_accepted"], real["different_identity_pairs_accepted"])
+    return {"real_resolution": real["resolution"],
+            "same_identity_synthetic_over_real": same, "same_identity_target_min": SAME_IDENTITY_RATIO_MIN,
+            "same_identity_meets_target": None if same is None else same >= SAME_IDENTITY_RATIO_MIN,
+            "different_identity_synthetic_over_real": diff, "different_identity_target_max": DIFFERENT_IDENTITY_RATIO_MAX,
+            "different_identity_meets_target": None if diff is None else diff <= DIFFERENT_IDENTITY_RATIO_MAX}
+
+
+def real_baseline(synthetic: dict, real_low: dict, real_full: dict) -> dict:
+    """The synthetic set's judge pair acceptance and face-detection rate next to the real training faces' at the
+    synthetic images' resolution (the like-for-like baseline the ratios use) and at their full resolution.
+    Each argument: {"quality": quality() of the judge's embeddings, "resolution": px, "faces_found": rate}."""
+    def entry(s):
+        q = s["quality"]
+        return {"resolution": int(s["resolution"]), "images": q["images"], "identities": q["identities"],
+                "same_identity_pairs_accepted": q.get("intra_pairs_same_person"),
+                "different_identity_pairs_accepted": q.get("inter_pairs_same_person"), "faces_found": s["faces_found"]}
+    syn, low, full = entry(synthetic), entry(real_low), entry(real_full)
+    return {"judge_same_person_cos_threshold": synthetic["quality"]["same_person_cos_threshold"],
+            "synthetic": syn, "real_at_synthetic_resolution": low, "real_at_full_resolution": full,
+            "ratios": {"baseline": "real_at_synthetic_resolution", **acceptance_ratios(syn, low)},
+            "ratios_vs_full_resolution": {"baseline": "real_at_full_resolution", **acceptance_ratios(syn, full)}}

@@ -3,7 +3,8 @@ papers' tables), the dataset-quality metrics side by side per model, and the fig
 
     rows = {"real": {"lfw_heldout": verify(...), ...}, "synthetic (id3)": {...}}
     table = report_table(rows, info)                      # {"<set>": {..., "average_accuracy": ..}}
-    write_markdown(path, table, benchmarks, quality)      # metrics/report.md
+    ratio = accuracy_ratio(table, "synthetic (id3)", "real (LFW train split, size-matched)")   # on lfw_heldout
+    write_markdown(path, markdown(table, benchmarks, quality, fars, ratio, baseline))   # metrics/report.md
     cosine_histograms(path, panels);  privacy_histogram(path, series, thresholds)
 """
 from __future__ import annotations
@@ -31,6 +32,16 @@ def report_table(results: dict[str, dict[str, dict]], info: dict[str, dict]) -> 
     return table
 
 
+def accuracy_ratio(table: dict, synthetic: str, matched: str, benchmark: str = HELDOUT) -> dict:
+    """Accuracy of the synthetic row over the size-matched real row's on one benchmark (the held-out LFW
+    pairs: the one every report has), with both figures and whether the real row really matched in size."""
+    s, m = (table[n]["benchmarks"].get(benchmark, {}).get("accuracy") for n in (synthetic, matched))
+    return {"benchmark": benchmark, "synthetic": synthetic, "matched_real": matched,
+            "synthetic_accuracy": s, "matched_real_accuracy": m,
+            "ratio": None if s is None or not m else float(s) / float(m),
+            "size_matched": table[matched].get("size_match", {}).get("matched")}
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
@@ -43,7 +54,9 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def markdown(table: dict, benchmarks: list[str], quality: dict, fars: list[float]) -> str:
+def markdown(table: dict, benchmarks: list[str], quality: dict, fars: list[float], ratio: dict | None = None,
+             baseline: dict | None = None) -> str:
+    """ratio: accuracy_ratio(); baseline: quality.real_baseline() - each a paragraph when given."""
     lines = ["# Evaluation report", "",
              "Verification accuracy (%) of the one fixed FR recipe ([train_fr], METHODS.md section 5) trained on each "
              "training set; insightface protocol (flip fusion, squared L2, 10 contiguous folds, threshold from "
@@ -52,8 +65,9 @@ def markdown(table: dict, benchmarks: list[str], quality: dict, fars: list[float
     has5 = any("average_accuracy_standard5" in r for r in table.values())
     head = ["training set", "images", "identities", *benchmarks, "average"] + (["average (5 standard)"] if has5 else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    short = {n: r["size_match"] for n, r in table.items() if r.get("size_match", {}).get("matched") is False}
     for name, r in table.items():
-        cells = [name, str(r.get("images", "-")), str(r.get("identities", "-"))]
+        cells = [name + (" ‡" if name in short else ""), str(r.get("images", "-")), str(r.get("identities", "-"))]
         cells += [f"{_pct(r['benchmarks'][b]['accuracy'])} ± {_pct(r['benchmarks'][b]['accuracy_std'])}"
                   + (" †" if b in r.get("not_held_out", ()) else "") if b in r["benchmarks"] else "-" for b in benchmarks]
         cells.append(_pct(r["average_accuracy"]))
@@ -63,7 +77,17 @@ def markdown(table: dict, benchmarks: list[str], quality: dict, fars: list[float
     if any(r.get("not_held_out") for r in table.values()):
         lines += ["", "† that training set contains this benchmark's people (LFW, CALFW and CPLFW are built from LFW's "
                       "people): not a held-out figure. `lfw_heldout` is."]
+    for n, m in short.items():
+        lines += ["", f"‡ {n}: the real training split cannot match the synthetic set's size ({m['target']['images']} "
+                      f"images / {m['target']['identities']} identities): it is {m['shortfall']['images']} images and "
+                      f"{m['shortfall']['identities']} identities short."]
     lines += ["", "The average is over " + ", ".join(next(iter(table.values()))["average_over"]) + "."] if table else []
+    if ratio is not None:
+        lines += ["", f"Synthetic / size-matched real accuracy on {ratio['benchmark']}: "
+                      + ("-" if ratio["ratio"] is None else f"{ratio['ratio']:.3f}")
+                      + f" ({_pct(ratio['synthetic_accuracy'])} % / {_pct(ratio['matched_real_accuracy'])} %)"
+                      + ("" if ratio["size_matched"] is not False else "; the real row is smaller than the synthetic set (‡)")
+                      + "."]
     for far in fars:
         key = f"tar_at_far_{far:g}"
         if not any(v[f"{key}_resolved"] for r in table.values() for v in r["benchmarks"].values()):
@@ -79,7 +103,7 @@ def markdown(table: dict, benchmarks: list[str], quality: dict, fars: list[float
                 cells.append("-" if v is None else _pct(v[key]) + ("" if v[f"{key}_resolved"] else "*"))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for set_name, per_model in quality.items():
-        models = [m for m in per_model if m != "pose"]
+        models = [m for m, v in per_model.items() if m != "pose" and isinstance(v, dict)]
         lines += ["", f"Dataset quality of the {set_name} set (METHODS.md section 7), per model", "",
                   "| metric | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 1)]
         for k in per_model[models[0]]:
@@ -90,7 +114,30 @@ def markdown(table: dict, benchmarks: list[str], quality: dict, fars: list[float
         lines += ["", "Head pose spread within identities (faces re-detected by MTCNN, 5-landmark pose in [-1, 1])", "",
                   "| set | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
         lines += [f"| {s} | " + " | ".join(_fmt(v[k]) for k in keys) + " |" for s, v in poses.items()]
+    if baseline is not None:
+        lines += ["", "Real baseline: the judge's pair acceptance at its calibrated threshold (cosine "
+                      f"{baseline['judge_same_person_cos_threshold']:.3f}) and MTCNN's face-detection rate, on the real "
+                      "training faces downsampled to the synthetic resolution and at their own:", "",
+                  "| faces | resolution (px) | same-identity pairs accepted | different-identity pairs accepted "
+                  "| faces found |", "|---|---|---|---|---|"]
+        for label, k in (("synthetic", "synthetic"), ("real, at the synthetic resolution", "real_at_synthetic_resolution"),
+                         ("real, full resolution", "real_at_full_resolution")):
+            e = baseline[k]
+            lines.append(f"| {label} | {e['resolution']} | {_pct(e['same_identity_pairs_accepted'])} % | "
+                         f"{_pct(e['different_identity_pairs_accepted'])} % | {_pct(e['faces_found'])} % |")
+        lines += ["", _ratios_line(baseline["ratios"], " - the like-for-like baseline"), "",
+                  _ratios_line(baseline["ratios_vs_full_resolution"], "")]
     return "\n".join(lines) + "\n"
+
+
+def _ratios_line(r: dict, what: str) -> str:
+    def text(v, met):
+        return "- (the real figure is 0)" if v is None else f"{v:.2f} ({'met' if met else 'not met'})"
+    return (f"Synthetic / real ({r['real_resolution']} px){what}: different-identity acceptance "
+            f"{text(r['different_identity_synthetic_over_real'], r['different_identity_meets_target'])} (target <= "
+            f"{r['different_identity_target_max']:g}), same-identity acceptance "
+            f"{text(r['same_identity_synthetic_over_real'], r['same_identity_meets_target'])} (target >= "
+            f"{r['same_identity_target_min']:g}).")
 
 
 def write_markdown(path, text: str) -> None:

@@ -52,7 +52,14 @@ MICRO = {
 }
 
 
-STAGES = ("align", "train_encoder", "train_generator", "sample", "package", "train_fr_real", "train_fr", "evaluate")
+STAGES = ("align", "train_encoder", "train_generator", "sample", "package", "train_fr_real", "train_fr", "train_fr_matched",
+          "evaluate")
+REAL, MATCHED, RATIO = "real (LFW train split)", "real (LFW train split, size-matched)", "synthetic_over_matched_real"
+
+
+def rows_of(report: dict) -> dict:
+    """The report's rows (one per training set), without its summary keys."""
+    return {k: v for k, v in report.items() if k not in (RATIO, "skipped_benchmarks")}
 
 
 def merge(base, over):
@@ -135,28 +142,52 @@ def test_dvc_repro_micro(tmp_path, prefect_api, micro_baseline):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     report = json.loads((proj / "metrics" / "report.json").read_text())
-    assert list(report) == ["real (LFW train split)", "synthetic (id3)"]
-    for row in report.values():
+    assert list(report) == [REAL, MATCHED, "synthetic (id3)", RATIO]
+    for row in rows_of(report).values():
         r = row["benchmarks"]["lfw_heldout"]
         assert 0.0 <= r["accuracy"] <= 1.0 and r["pairs"] == 40 and r["folds"] == 10
         assert row["average_accuracy"] == r["accuracy"] and row["chosen_epoch"] == 1
-    assert report["real (LFW train split)"]["identities"] == 12
-    for fr in ("fr_real", "fr_synthetic"):
+    assert report[REAL]["identities"] == 12
+    # the size-matched real row: as many real identities and images as the packaged synthetic set
+    synth_manifest = pd.read_parquet(proj / "artifacts" / "dataset" / "manifest.parquet")
+    matched, synth = report[MATCHED], report["synthetic (id3)"]
+    assert (matched["images"], matched["identities"]) == (len(synth_manifest), synth_manifest["label"].nunique())
+    assert (matched["images"], matched["identities"]) == (synth["images"], synth["identities"])
+    assert matched["size_match"]["matched"] and matched["size_match"]["shortfall"] == {"images": 0, "identities": 0}
+    ratio = report[RATIO]
+    assert ratio["benchmark"] == "lfw_heldout" and ratio["matched_real"] == MATCHED and ratio["size_matched"] is True
+    assert ratio["ratio"] == synth["benchmarks"]["lfw_heldout"]["accuracy"] / matched["benchmarks"]["lfw_heldout"]["accuracy"]
+    for fr in ("fr_real", "fr_real_matched", "fr_synthetic"):
         d = json.loads((proj / "artifacts" / fr / "run.json").read_text())["training"]["distributed"]
         assert d["world_size"] == 2 and d["steps_per_rank"][0] == d["steps_per_rank"][1] > 0, d
         assert len(set(d["param_digest_per_rank"])) == 1, d
     md = (proj / "metrics" / "report.md").read_text()
-    assert "| real (LFW train split) |" in md and "lfw_heldout" in md
+    assert "| real (LFW train split) |" in md and "lfw_heldout" in md and f"| {MATCHED} |" in md
+    assert "Synthetic / size-matched real accuracy on lfw_heldout:" in md and "Real baseline:" in md
     q = json.loads((proj / "metrics" / "quality.json").read_text())
     for model in ("judge (dlib)", "encoder"):
         assert q["synthetic"][model]["identities"] == (3 if "judge" in model else 4)
         assert 0 <= q["calibration_lfw_heldout"][model]["accuracy"] <= 1
         assert "privacy_max_cos_to_real_max" in q["synthetic"][model] and "unique_identities_r0.3" in q["real"][model]
     assert q["real"]["pose"]["faces_found"] > 0.9  # real aligned faces are re-detected
+    # the real baseline at the synthetic images' resolution (16 px here): the detector on every real face, the
+    # judge on the judged identities, downsampled; the ratios against it and against the 112 px faces
+    res = p["generator"]["resolution"]
+    assert q["synthetic"]["faces_found_resolution"] == q["real"]["faces_found_resolution"] == res
+    assert q["synthetic"]["faces_found"] == q["synthetic"]["pose"]["faces_found"] and 0 <= q["real"]["faces_found"] <= 1
+    assert q["real"]["faces_found_full_resolution"] == q["real"]["pose"]["faces_found"] and q["real"]["full_resolution"] == 112
+    low = q["real"]["judge (dlib) at synthetic resolution"]
+    assert low["resolution"] == res and low["identities"] == 3 and low["images"] == q["real"]["judge (dlib)"]["images"]
+    base = q["real_baseline"]
+    assert base["real_at_synthetic_resolution"]["resolution"] == res and base["real_at_full_resolution"]["resolution"] == 112
+    assert base["real_at_synthetic_resolution"]["same_identity_pairs_accepted"] == low["intra_pairs_same_person"]
+    assert base["synthetic"]["different_identity_pairs_accepted"] == q["synthetic"]["judge (dlib)"]["inter_pairs_same_person"]
+    assert base["ratios"]["baseline"] == "real_at_synthetic_resolution" and base["ratios"]["real_resolution"] == res
+    assert base["ratios_vs_full_resolution"]["real_resolution"] == 112
     for png in ("sample_grid", "cosine_hist", "privacy_hist"):
         assert (proj / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     roc = (proj / "plots" / "roc.csv").read_text().splitlines()
-    assert roc[0] == "benchmark,training_set,threshold,fpr,tpr" and len(roc) == 1 + 2 * 400
+    assert roc[0] == "benchmark,training_set,threshold,fpr,tpr" and len(roc) == 1 + 3 * 400  # 3 training sets
     assert (proj / "artifacts" / "generator" / "pipeline" / "model_index.json").is_file()
     counts = json.loads((proj / "artifacts" / "align" / "counts.json").read_text())
     assert counts["accepted"] + counts["rejected"] == counts["inputs"]
@@ -168,7 +199,7 @@ def test_dvc_repro_micro(tmp_path, prefect_api, micro_baseline):
     # nothing upstream; the table is read from the experiment's git ref
     out = run(["dvc", "exp", "run", "-n", "id3-beta0", "-S", "sample.beta=0"], proj, env)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
-    assert {"sample", "evaluate"} <= ran <= {"sample", "package", "train_fr", "evaluate"}, out
+    assert {"sample", "evaluate"} <= ran <= {"sample", "package", "train_fr", "train_fr_matched", "evaluate"}, out
     exp_quality = json.loads((proj / "metrics" / "quality.json").read_text())
     run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
     run(["dvc", "checkout", "--quiet"], proj, env)
@@ -187,7 +218,7 @@ def test_dvc_repro_micro(tmp_path, prefect_api, micro_baseline):
     out = run(["dvc", "repro"], proj, env)
     assert {s for s in STAGES if f"Running stage '{s}'" in out} == {"evaluate"}, out
     report = json.loads((proj / "metrics" / "report.json").read_text())
-    for row in report.values():
+    for row in rows_of(report).values():
         assert set(row["benchmarks"]) == {"lfw_heldout", "lfw"}
         assert row["benchmarks"]["lfw"] == row["benchmarks"]["lfw_heldout"]
     run(["git", "add", "-A"], proj, env)
@@ -199,8 +230,9 @@ def test_dvc_repro_micro(tmp_path, prefect_api, micro_baseline):
 
 def test_method_experiments(tmp_path, prefect_api, micro_baseline):
     """Issue 6: one parameter selects CemiFace or ID-Booth; each experiment retrains the generator and reruns
-    what follows it (never align, the encoder or the real-data FR model), and the method table gets a row per
-    method under the same FR recipe. ID-Booth's dataset is the augmented real set."""
+    what follows it (never align, the encoder or the real-data FR model; the size-matched real model follows the
+    dataset's size), and the method table gets a row per method under the same FR recipe. ID-Booth's dataset is the
+    augmented real set."""
     proj = copy_baseline(micro_baseline, tmp_path / "proj")
     env = project_env(prefect_api)
     report = json.loads((proj / "metrics" / "report.json").read_text())
@@ -209,16 +241,20 @@ def test_method_experiments(tmp_path, prefect_api, micro_baseline):
                                    ("idbooth", "IDBoothPipeline", "real + generated (idbooth)")):
         out = run(["dvc", "exp", "run", "-n", f"method-{method}", "-S", f"generator.method={method}"], proj, env)
         ran = {s for s in STAGES if f"Running stage '{s}'" in out}
-        assert ran == {"train_generator", "sample", "package", "train_fr", "evaluate"}, out
+        assert ran == {"train_generator", "sample", "package", "train_fr", "train_fr_matched", "evaluate"}, out
         assert json.loads((proj / "artifacts" / "generator" / "pipeline" / "model_index.json").read_text())["_class_name"] == pipeline
         if method == "cemiface":
             assert json.loads((proj / "artifacts" / "generator" / "run.json").read_text())["training"]["steps"] == 6
         rows[method] = json.loads((proj / "metrics" / "report.json").read_text())
-        assert list(rows[method]) == ["real (LFW train split)", name]
-        assert rows[method]["real (LFW train split)"] == report["real (LFW train split)"]  # the same real baseline, not retrained
+        assert list(rows[method]) == [REAL, MATCHED, name, RATIO]
+        assert rows[method][REAL] == report[REAL]  # the same real baseline, not retrained
+        assert rows[method][RATIO]["synthetic"] == name
         assert json.loads((proj / "artifacts" / "sample" / "run.json").read_text())["method"] == method
         if method == "idbooth":
             check_augmented_set(proj)
+            # 4 people x (6 real + 2 generated) images: the real split's people have 6 photos, so 8 images short
+            assert rows[method][MATCHED]["size_match"]["shortfall"] == {"images": 8, "identities": 0}
+            assert rows[method][RATIO]["size_matched"] is False
         run(["git", "reset", "-q", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
         run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots"], proj, env)
         run(["dvc", "checkout", "--quiet"], proj, env)
