@@ -41,13 +41,13 @@ def run(src: Path, p: dict, milestones: list[int], work: Path, identities: int =
     import pandas as pd
 
     from tasks.encoder import load_encoder
-    from tasks.train_generator import pose_conditions, real_embeddings, train_generator
+    from tasks.train_generator import attribute_conditions, real_embeddings, train_generator
     enc = load_encoder(src / "encoder", device)
     m = pd.read_parquet(src / "align" / "manifest.parquet")
     shards = sorted(src / "align" / s for s in m[m["split"] == "train"]["shard"].unique())
     keys, _, embs = real_embeddings(enc, shards, p["resolution"], device)
     pool = pd.read_parquet(src / "align" / "attributes.parquet")  # ID3's pose conditions; its length sizes an epoch
-    attr_of = pose_conditions(pool) if p["method"] == "id3" else {}
+    attr_of = attribute_conditions(pool) if p["method"] == "id3" else {}
     art = _scoring_folder(src, work)
     rows = []
     for n in sorted(milestones):

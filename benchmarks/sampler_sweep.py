@@ -33,6 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, Bench, RowCounter, common_args, wait_until_idle  # noqa: E402
+from models.identities import attribute_pool  # noqa: E402
 from tasks.identity import cos_to_centre  # noqa: E402
 from tasks.judge import DlibJudge, centred_unit  # noqa: E402
 from tasks.params import load_params  # noqa: E402
@@ -55,7 +56,7 @@ def load_generation(art: Path, device: str):
     pipe = ID3Pipeline.from_pretrained(art / "generator" / "pipeline")
     enc = load_encoder(art / "encoder", device)
     real = dict(np.load(art / "generator" / "real_stats.npz"))
-    pool = pd.read_parquet(art / "align" / "attributes.parquet")[["yaw", "pitch", "roll"]].to_numpy()
+    pool = attribute_pool(pd.read_parquet(art / "align" / "attributes.parquet"))
     return pipe, enc, real, pool
 
 

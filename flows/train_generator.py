@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 
 from tasks.encoder import load_encoder
 from tasks.io import atomic_path
-from tasks.train_generator import (missing_blobs, pipeline_files, pose_conditions, real_embeddings, train_generator,
+from tasks.train_generator import (attribute_conditions, missing_blobs, pipeline_files, real_embeddings, train_generator,
                                    write_pipeline)
 
 from . import BLOBS, CHECKPOINTS, ROOT
@@ -43,7 +43,7 @@ def train_generator_task(shards: list, encoder_dir, attributes, p: dict) -> tupl
     pool = pd.read_parquet(attributes)
     keys, labels, embs = real_embeddings(enc, shards, p["resolution"], dev)
     emb_of = dict(zip(keys, embs))
-    attr_of = pose_conditions(pool)
+    attr_of = attribute_conditions(pool)
     fingerprint = content_key(None, {"shards": list(shards), "encoder": encoder_dir, "attributes": attributes})
     pipe, stats = train_generator(shards, emb_of, attr_of, len(pool), enc, p, checkpoint_dir(shards, encoder_dir, attributes, p),
                                   dev, log.warning, fingerprint, Progress("train_generator").fraction)

@@ -5,7 +5,7 @@
 from pathlib import Path
 
 _LAZY = {"ID3Conditioner": "id3", "ID3Pipeline": "id3", "CemiConditioner": "cemiface", "CemiFacePipeline": "cemiface",
-         "LoraBank": "idbooth", "IDBoothPipeline": "idbooth"}
+         "LoraBank": "idbooth", "IDBoothPipeline": "idbooth", "PatchUNet": "patch_unet"}
 
 
 def __getattr__(name):

@@ -17,9 +17,8 @@ import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
-from torch.nn import functional as F
 
-from .id3 import ID3Pipeline, autocast, predict_x0
+from .id3 import ID3Pipeline, autocast, noise_mse, predict_x0
 
 
 class CemiConditioner(ModelMixin, ConfigMixin):
@@ -58,7 +57,7 @@ def similarity_grid(step: float = 0.04) -> torch.Tensor:
 
 def cemiface_loss(unet, conditioner: CemiConditioner, encoder: Callable[[torch.Tensor], torch.Tensor], scheduler,
                   x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None, sim_weight: float = 0.05,
-                  grid_step: float = 0.04, cond_drop: float = 0.0) -> dict:
+                  grid_step: float = 0.04, cond_drop: float = 0.0, snr_gamma: float | None = None) -> dict:
     """L = ||eps - eps_theta||^2 + sim_weight * L_SimMat, self-reconstruction (no labels).
 
     y = f(x0) is the inquiry embedding of each training face; m is drawn per sample from the grid;
@@ -76,8 +75,8 @@ def cemiface_loss(unet, conditioner: CemiConditioner, encoder: Callable[[torch.T
     x_t = scheduler.add_noise(x0, eps, t)
     with autocast(dev):
         ctx = conditioner(y, m, drop)
-        eps_hat = unet(x_t, t, encoder_hidden_states=ctx).sample.float()
-    mse = F.mse_loss(eps_hat, eps)
+        out = unet(x_t, t, encoder_hidden_states=ctx).sample.float()
+    mse, eps_hat = noise_mse(out, x0, x_t, eps, t, scheduler, snr_gamma)  # the noise term as ID3's (models/id3.py)
     x0_hat = predict_x0(x_t, eps_hat, scheduler.alphas_cumprod.to(dev)[t])
     with torch.set_grad_enabled(bool(sim_weight) and torch.is_grad_enabled()), autocast(dev):
         cos = (encoder(x0_hat).float() * y).sum(1)

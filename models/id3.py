@@ -82,9 +82,11 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) ->
 def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor], torch.Tensor], scheduler,
              x0: torch.Tensor, y: torch.Tensor, s: torch.Tensor, generator: torch.Generator | None = None,
              cond_drop: float = 0.1, lambda_scale: float = 1.0, kappa_scale: float = 1.0,
-             schedule: str = "logistic") -> dict:
+             schedule: str = "logistic", snr_gamma: float | None = None) -> dict:
     """The three-term ID-preserving loss. `encoder` maps images in [-1, 1] to L2-normalised embeddings
-    and must be frozen (its parameters need no grad); gradients still flow through it to x0_hat."""
+    and must be frozen (its parameters need no grad); gradients still flow through it to x0_hat.
+    The noise term follows the scheduler's prediction type, with Min-SNR weighting when `snr_gamma` is set
+    (`noise_mse`)."""
     n = x0.shape[0]
     T = scheduler.config.num_train_timesteps
     dev = x0.device
@@ -94,8 +96,8 @@ def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor]
     drop = torch.rand(n, generator=generator, device="cpu").to(dev) < cond_drop
     with autocast(dev):
         ctx = conditioner(y, s, drop)
-        eps_hat = unet(x_t, t, encoder_hidden_states=ctx).sample.float()
-    mse = F.mse_loss(eps_hat, eps)
+        out = unet(x_t, t, encoder_hidden_states=ctx).sample.float()
+    mse, eps_hat = noise_mse(out, x0, x_t, eps, t, scheduler, snr_gamma)
     alpha_bar = scheduler.alphas_cumprod.to(dev)[t]
     x0_hat = predict_x0(x_t, eps_hat, alpha_bar)
     w = time_weight(t + 1, T, schedule)  # t is 0-based in diffusers; METHODS uses 1..T
@@ -108,23 +110,57 @@ def id3_loss(unet, conditioner: ID3Conditioner, encoder: Callable[[torch.Tensor]
     return {"loss": loss, "mse": mse.detach(), "rec": rec.mean().detach(), "id": (idsim * keep).sum().detach() / keep.sum().clamp(min=1)}
 
 
+PREDICTIONS = ("epsilon", "v_prediction")
+
+
+def to_eps(out: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str = "epsilon") -> torch.Tensor:
+    """The UNet's output as a noise estimate. "v_prediction" (Salimans & Ho 2022) predicts v = sqrt(ab) eps -
+    sqrt(1 - ab) x0, so eps = sqrt(1 - ab) x_t + sqrt(ab) v: near pure noise the estimate leans on x_t itself, and
+    x0_hat = sqrt(ab) x_t - sqrt(1 - ab) v never divides a small error by sqrt(ab), which makes an epsilon model's
+    first sampling steps clip to saturated noise until it is well trained. Samplers then work on eps only."""
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type != "v_prediction":
+        raise ValueError(f"unknown prediction type {prediction_type!r}: use one of {PREDICTIONS}")
+    ab = alpha_bar.view(-1, 1, 1, 1)
+    return (1 - ab).sqrt() * x_t + ab.sqrt() * out
+
+
+def noise_mse(out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, scheduler,
+              snr_gamma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the denoising loss, eps_hat) for the scheduler's prediction type: MSE to eps or to v, each sample
+    weighted by Min-SNR (Hang et al. 2023) when `snr_gamma` is set: min(SNR, gamma) / SNR for epsilon,
+    min(SNR, gamma) / (SNR + 1) for v (the same weight on x0's error), SNR = ab / (1 - ab). Nearly clean
+    steps, which teach only texture, then stop dominating, and a small generator learns a face's layout sooner."""
+    ptype = scheduler.config.prediction_type
+    ab = scheduler.alphas_cumprod.to(x0.device)[t]
+    target = eps if ptype == "epsilon" else scheduler.get_velocity(x0, eps, t)
+    per = ((out - target) ** 2).flatten(1).mean(1)
+    if snr_gamma:
+        snr = ab / (1 - ab)
+        per = per * snr.clamp(max=snr_gamma) / (snr if ptype == "epsilon" else snr + 1)
+    return per.mean(), to_eps(out, x_t, ab, ptype)
+
+
 SAMPLERS = ("ddim", "dpmsolver++", "ddpm")
 
 
 def make_scheduler(kind: str, config: dict, clip: bool = True):
     """DDIM, DPM-Solver++ or ancestral DDPM (the reference: one denoiser call per training step, usually
-    all T) from the training (DDPM) scheduler config; trailing spacing starts at t = T-1. `clip` keeps x0
+    all T) from the training (DDPM) scheduler config; trailing spacing starts at t = T-1. They step on noise
+    estimates (`to_eps` converts a v-prediction model's output first). `clip` keeps x0
     in the pixel range [-1, 1]; latent models (ID-Booth) sample unclipped."""
     if kind == "ddpm":
-        return DDPMScheduler.from_config(config, clip_sample=clip, timestep_spacing="trailing")
+        return DDPMScheduler.from_config(config, clip_sample=clip, timestep_spacing="trailing", prediction_type="epsilon")
     if kind == "ddim":
-        return DDIMScheduler.from_config(config, clip_sample=clip, set_alpha_to_one=False, timestep_spacing="trailing")
+        return DDIMScheduler.from_config(config, clip_sample=clip, set_alpha_to_one=False, timestep_spacing="trailing",
+                                         prediction_type="epsilon")
     if kind == "dpmsolver++":
         # x0 clipped to the data range, as DDIM's clip_sample does (thresholding with a maximum of 1 is a static
         # clip): unclipped, 90% of the demo generator's pixels saturate (benchmarks/sampler_sweep.py)
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
                                                         timestep_spacing="trailing", thresholding=clip,
-                                                        sample_max_value=1.0)
+                                                        sample_max_value=1.0, prediction_type="epsilon")
     raise ValueError(f"unknown sampler {kind!r}: use one of {SAMPLERS}")
 
 
@@ -145,8 +181,9 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
                num_inference_steps: int = 20, guidance_scale: float = 1.0, id_weight: float = 0.0,
                beta: float = 0.0, encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
                others: torch.Tensor | None = None, exclude: torch.Tensor | None = None,
-               guidance_schedule: str = "x0", guidance_gradient: str = "xt", guidance_substeps: int = 1) -> torch.Tensor:
-    """ID-preserving sampling with the adjusted gradient field.
+               guidance_schedule: str = "x0", guidance_gradient: str = "xt", guidance_substeps: int = 1,
+               prediction_type: str = "epsilon") -> torch.Tensor:
+    """ID-preserving sampling with the adjusted gradient field (`prediction_type`: what the UNet predicts, `to_eps`).
 
     eps~ = eps - w_t * sqrt(1 - alpha_bar_t) * grad_x_t [<y, f(x0_hat)> - beta * max_j <y_j, f(x0_hat)>]
 
@@ -202,6 +239,7 @@ def id3_sample(unet, conditioner: ID3Conditioner, scheduler, y: torch.Tensor, s:
                     eps = eps_u + guidance_scale * (eps_c - eps_u)
                 else:
                     eps = unet(x_in, tt, encoder_hidden_states=ctx).sample.float()
+            eps = to_eps(eps, x_in, ab, prediction_type)  # linear in the output at fixed x_t: after CFG as before it
             if through_unet:
                 with autocast(dev):
                     emb = encoder(predict_x0(x_in, eps, ab)).float()
@@ -265,7 +303,8 @@ class ID3Pipeline(DiffusionPipeline):
         dev = self.unet.device
         x = id3_sample(self.unet, self.conditioner, sched, F.normalize(torch.as_tensor(embeddings).float(), dim=1).to(dev),
                        torch.as_tensor(attributes).float().to(dev), seeds, num_inference_steps, guidance_scale, id_weight,
-                       beta, f, others, exclude, guidance_schedule, guidance_gradient, guidance_substeps)
+                       beta, f, others, exclude, guidance_schedule, guidance_gradient, guidance_substeps,
+                       self.scheduler.config.prediction_type)
         return to_output(x, output_type)
 
     def sample_anchors(self, anchors, attribute_pool, embeddings_per_identity: int = 25, images_per_embedding: int = 2,

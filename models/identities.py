@@ -15,7 +15,18 @@ import hashlib
 
 import numpy as np
 
-ATTRIBUTES = ("yaw", "pitch", "roll")
+ATTRIBUTES = ("yaw", "pitch", "roll", "age")  # ID3's attribute condition s, each in [-1, 1]
+AGE_CENTRE, AGE_SCALE = 45.0, 35.0  # years -> [-1, 1]: 10 -> -1, 80 (the age model's top class) -> 1
+
+
+def attribute_pool(frame) -> np.ndarray:
+    """The align stage's attribute table (yaw, pitch, roll in [-1, 1]; age in years) as the N x 4 pool ID3
+    conditions on and samples from. A table without ages (align.age_estimator: null) conditions every face
+    on the centre age, 0: the generator then simply learns no age."""
+    cols = [np.asarray(frame[c], dtype=np.float64) for c in ATTRIBUTES[:3]]
+    age = np.asarray(frame["age"], dtype=np.float64) if "age" in frame else np.full(len(cols[0]), np.nan)
+    age = np.clip((age - AGE_CENTRE) / AGE_SCALE, -1, 1)
+    return np.stack(cols + [np.where(np.isfinite(age), age, 0.0)], axis=1)
 
 
 def derive_seed(*parts) -> int:
@@ -41,15 +52,18 @@ def identity_embeddings(anchors: np.ndarray, m: int, v_low: float, v_high: float
 
 
 def plan_rows(n: int, m: int, k: int, attribute_pool: np.ndarray, seed: int, identities=None) -> list[dict]:
-    """One row per image: each (identity, embedding) draws one attribute vector from the real pool
-    (rows of yaw, pitch, roll in [-1, 1]) and each image its own noise seed."""
+    """One row per image: each identity draws its age and each (identity, embedding) its head pose from the
+    real pool (rows of ATTRIBUTES, `attribute_pool`), and each image its own noise seed. Age is the
+    identity's (one person, one age); pose varies between its embeddings."""
     pool = np.asarray(attribute_pool, dtype=np.float64)
     if pool.ndim != 2 or pool.shape[1] != len(ATTRIBUTES) or not len(pool):
         raise ValueError(f"attribute pool must be a non-empty N x {len(ATTRIBUTES)} array, got shape {pool.shape}")
-    rows = []
+    rows, age = [], ATTRIBUTES.index("age")
     for i in (range(n) if identities is None else identities):
+        years = pool[np.random.default_rng(derive_seed(seed, "age", i)).integers(len(pool)), age]
         for j in range(m):
-            a = pool[np.random.default_rng(derive_seed(seed, "attribute", i, j)).integers(len(pool))]
+            a = pool[np.random.default_rng(derive_seed(seed, "attribute", i, j)).integers(len(pool))].copy()
+            a[age] = years
             for r in range(k):
                 rows.append({"key": f"id{i:06d}_{j:03d}_{r:03d}", "identity": int(i), "embedding": j, "image": r,
                              "seed": derive_seed(seed, "image", i, j, r), **{a_: float(v) for a_, v in zip(ATTRIBUTES, a)}})

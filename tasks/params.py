@@ -40,6 +40,8 @@ class Spec:
             hint = (" (YAML reads unquoted on/off/yes/no as booleans: quote the word)"
                     if self.kind is str and isinstance(v, bool) else "")
             raise ParamsError(f"{key}: expected {self.kind.__name__}, got {type(v).__name__} {v!r}{hint}")
+        if self.kind is float and not math.isfinite(v):  # NaN passes every range check and disables a threshold
+            raise ParamsError(f"{key}: {v!r} is not a finite number")
         if self.choices is not None and v not in self.choices:
             raise ParamsError(f"{key}: {v!r} is not one of {list(self.choices)}")
         if self.lo is not None and v < self.lo:
@@ -93,11 +95,13 @@ SCHEMA = {
     },
     "encoder": {"pretrained": S(optional=True), **FR_TRAIN},
     "generator": {
-        "method": S(["id3", "cemiface", "idbooth"]), "resolution": I(8, 512),
+        "method": S(["id3", "cemiface", "idbooth"]), "resolution": I(8, 512), "patch_size": I(1, 8),
         "unet": {"block_out_channels": L(I(1)), "layers_per_block": I(1), "attention_head_dim": I(1),
                  "norm_num_groups": I(1)},
         "conditioner_dims": L(I(1)), "cond_drop": F(0.0, 1.0), "steps": I(1), "batch_size": I(1),
-        "lr": F(0.0), "ema_decay": F(0.0, 1.0), "checkpoint_every": I(1), "lambda_scale": F(0.0),
+        "beta_schedule": S(["linear", "scaled_linear", "squaredcos_cap_v2"]), "snr_gamma": F(0.0, optional=True),
+        "prediction_type": S(["epsilon", "v_prediction"]),
+        "lr": F(0.0), "warmup_steps": I(0), "ema_decay": F(0.0, 1.0), "checkpoint_every": I(1), "lambda_scale": F(0.0),
         "kappa_scale": F(0.0), "id_schedule": S(["logistic", "linear", "constant"]), "num_train_timesteps": I(2),
         "seed": I(0),
         "cemiface": {"steps": I(1, optional=True), "context_dim": I(1), "sim_weight": F(0.0), "sim_grid_step": F(0.001, 1.0)},
@@ -154,6 +158,10 @@ def validate(raw: dict) -> dict:
     p = _validate(SCHEMA, raw, "")
     if set(p["align"]["train_folds"]) & set(p["align"]["eval_folds"]):
         raise ParamsError("align.eval_folds: must not share a fold with align.train_folds (folds are person-disjoint)")
+    g = p["generator"]
+    if g["resolution"] % g["patch_size"] or (g["resolution"] // g["patch_size"]) % 2 ** (len(g["unet"]["block_out_channels"]) - 1):
+        raise ParamsError(f"generator.patch_size: resolution {g['resolution']} / patch_size {g['patch_size']} must be a whole "
+                          f"number the UNet's {len(g['unet']['block_out_channels']) - 1} downsamplings divide")
     if len(p["generator"]["conditioner_dims"]) < 1:
         raise ParamsError("generator.conditioner_dims: needs at least one layer width")
     step = p["generator"]["cemiface"]["sim_grid_step"]

@@ -30,17 +30,20 @@ from torch.nn import functional as F
 
 from models.cemiface import CemiConditioner, CemiFacePipeline, cemiface_loss
 from models.id3 import ID3Conditioner, ID3Pipeline, id3_loss
+from models.identities import ATTRIBUTES, attribute_pool
+from models.patch_unet import PatchUNet
 from .fr_train import _sample_to_tensor, loader
 from .io import atomic_path, write_bytes
 from .params import params_hash
 from .shards import read_tar
 
 
-def build_unet(p: dict, context_dim: int, time_scale_shift: str = "default") -> UNet2DConditionModel:
-    """"scale_shift" feeds the timestep to each ResNet block as AdaGN (CemiFace); "default" adds it (ID3)."""
+def build_unet(p: dict, context_dim: int, time_scale_shift: str = "default"):
+    """"scale_shift" feeds the timestep to each ResNet block as AdaGN (CemiFace); "default" adds it (ID3).
+    generator.patch_size p > 1 wraps it in models.patch_unet.PatchUNet: the UNet runs at resolution / p."""
     ch = tuple(p["unet"]["block_out_channels"])
     n = len(ch)
-    return UNet2DConditionModel(
+    config = dict(
         sample_size=p["resolution"], in_channels=3, out_channels=3, block_out_channels=ch,
         layers_per_block=p["unet"]["layers_per_block"],
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
@@ -48,11 +51,19 @@ def build_unet(p: dict, context_dim: int, time_scale_shift: str = "default") -> 
         cross_attention_dim=context_dim, attention_head_dim=p["unet"]["attention_head_dim"],
         norm_num_groups=p["unet"]["norm_num_groups"], resnet_time_scale_shift=time_scale_shift,
     )
+    patch = p.get("patch_size", 1)  # hand-made configs without the key: the plain pixel UNet
+    if patch == 1:
+        return UNet2DConditionModel(**config)
+    return PatchUNet(patch_size=patch, sample_size=p["resolution"], inner=config)
 
 
-def build_pipeline(p: dict, embedding_dim: int, attribute_dim: int = 3) -> ID3Pipeline:
+def build_pipeline(p: dict, embedding_dim: int, attribute_dim: int = len(ATTRIBUTES)) -> ID3Pipeline:
     """The untrained generator of p["method"]: ID3Pipeline or CemiFacePipeline (a subclass)."""
-    sched = DDPMScheduler(num_train_timesteps=p["num_train_timesteps"], beta_schedule="linear", clip_sample=True)
+    # "squaredcos_cap_v2" (Nichol & Dhariwal's cosine) spends fewer steps on near-pure noise than "linear", which
+    # matters most at low resolution; "v_prediction" keeps x0_hat bounded near pure noise (models/id3.to_eps).
+    # p without the keys (hand-made configs) keeps DDPM's: linear, epsilon
+    sched = DDPMScheduler(num_train_timesteps=p["num_train_timesteps"], beta_schedule=p.get("beta_schedule", "linear"),
+                          clip_sample=True, prediction_type=p.get("prediction_type", "epsilon"))
     if p["method"] == "cemiface":
         cond = CemiConditioner(embedding_dim=embedding_dim, sim_dim=embedding_dim, context_dim=p["cemiface"]["context_dim"])
         return CemiFacePipeline(unet=build_unet(p, cond.context_dim, "scale_shift"), conditioner=cond, scheduler=sched)
@@ -72,9 +83,9 @@ def training_steps(p: dict) -> int:
     return int(own if own is not None else p["steps"])
 
 
-def pose_conditions(pool) -> dict[str, np.ndarray]:
-    """key -> (yaw, pitch, roll), ID3's attribute condition, from the align stage's attribute pool (a DataFrame)."""
-    return {k: np.array([y, pi, r], np.float32) for k, y, pi, r in zip(pool["key"], pool["yaw"], pool["pitch"], pool["roll"])}
+def attribute_conditions(pool) -> dict[str, np.ndarray]:
+    """key -> ID3's attribute condition (yaw, pitch, roll, age), from the align stage's attribute table (a DataFrame)."""
+    return dict(zip(pool["key"], attribute_pool(pool).astype(np.float32)))
 
 
 def to_resolution(x: torch.Tensor, res: int) -> torch.Tensor:
@@ -159,11 +170,15 @@ def train_generator(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: 
             y = torch.from_numpy(np.stack([emb_of[k] for k in keys])).to(device)
             if id3:
                 s = torch.from_numpy(np.stack([attr_of[k] for k in keys])).float().to(device)
-                s[:, 0] = torch.where(flip.to(device), -s[:, 0], s[:, 0])  # mirrored yaw and roll
+                s[:, 0] = torch.where(flip.to(device), -s[:, 0], s[:, 0])  # mirrored yaw and roll; age keeps
                 s[:, 2] = torch.where(flip.to(device), -s[:, 2], s[:, 2])
-                out = id3_loss(unet, cond, f, sched, x0, y, s, g, p["cond_drop"], p["lambda_scale"], p["kappa_scale"], p["id_schedule"])
+                out = id3_loss(unet, cond, f, sched, x0, y, s, g, p["cond_drop"], p["lambda_scale"], p["kappa_scale"], p["id_schedule"],
+                               p.get("snr_gamma"))
             else:  # CemiFace trains without condition dropout (the paper samples without guidance)
-                out = cemiface_loss(unet, cond, f, sched, x0, y, g, p["cemiface"]["sim_weight"], p["cemiface"]["sim_grid_step"])
+                out = cemiface_loss(unet, cond, f, sched, x0, y, g, p["cemiface"]["sim_weight"], p["cemiface"]["sim_grid_step"],
+                                    snr_gamma=p.get("snr_gamma"))
+            for group in opt.param_groups:  # linear warm-up, a function of the step alone: resumes exactly
+                group["lr"] = p["lr"] * min(1.0, (step + 1) / max(p.get("warmup_steps", 0), 1))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -15,7 +15,7 @@ P = {"method": "id3", "resolution": 16, "unet": {"block_out_channels": [32, 32],
 S = {"num_identities": 3, "embeddings_per_identity": 2, "images_per_embedding": 1, "v_low": 0.7, "v_high": 0.9,
      "anchors": "tammes", "anchor_iters": 10, "privacy_threshold": 0.9, "sampler": "ddim", "num_inference_steps": 3,
      "guidance_scale": 1.0, "id_weight": 0.0, "beta": 0.0, "guidance_schedule": "x0", "batch_size": 4, "seed": 0}
-POOL = np.random.default_rng(1).uniform(-1, 1, (20, 3))
+POOL = np.random.default_rng(1).uniform(-1, 1, (20, 4))  # yaw, pitch, roll, age
 
 
 def tiny():
@@ -36,7 +36,7 @@ def test_loss_trains_generator_not_encoder():
     x0 = torch.rand(4, 3, 16, 16) * 2 - 1
     y = F.normalize(torch.randn(4, 16), dim=1)
     out = id3_loss(pipe.unet, pipe.conditioner, lambda x: F.normalize(enc(x), dim=1), pipe.scheduler, x0, y,
-                   torch.zeros(4, 3), torch.Generator().manual_seed(0), cond_drop=0.0)
+                   torch.zeros(4, 4), torch.Generator().manual_seed(0), cond_drop=0.0)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and -1 <= float(out["id"]) <= 1
     assert pipe.unet.conv_in.weight.grad is not None and pipe.conditioner.mlp[0].weight.grad is not None
@@ -125,7 +125,7 @@ def test_no_identity_loss_ablation_keeps_encoder_out_of_the_graph():
         return F.normalize(enc(x), dim=1)
     x0 = torch.rand(4, 3, 16, 16) * 2 - 1
     y = F.normalize(torch.randn(4, 16), dim=1)
-    out = id3_loss(pipe.unet, pipe.conditioner, f, pipe.scheduler, x0, y, torch.zeros(4, 3),
+    out = id3_loss(pipe.unet, pipe.conditioner, f, pipe.scheduler, x0, y, torch.zeros(4, 4),
                    torch.Generator().manual_seed(0), cond_drop=0.0, kappa_scale=0.0)
     out["loss"].backward()
     assert calls == [False] and torch.isfinite(out["id"])  # still reported, never differentiated

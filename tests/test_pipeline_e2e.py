@@ -43,7 +43,8 @@ MICRO = {
                "num_inference_steps": 3, "block_size": 2, "batch_size": 8, "idbooth": {"num_inference_steps": 3}},
     # 4 micro identities of one 16 px face, 12 real people (66 impostor pairs: too few to resolve privacy_fmr),
     # so the thresholds are given (tests/test_filters.py covers the calibrated ones)
-    "package": {"shard_size": 5, "privacy_threshold": {"encoder": 0.999, "judge": 0.999}, "unique_radius": 1.0},
+    "package": {"shard_size": 5, "privacy_threshold": {"encoder": 0.999, "judge": 0.999}, "unique_radius": 1.0,
+                "min_images_per_identity": 2, "judge_images_per_identity": 0},
     # both FR stages train data-parallel: two gloo processes under torchrun (tasks/fr_dist.py)
     "train_fr": {"arch": {"layers": [1, 1], "widths": [16, 32], "input_size": 32, "embedding_dim": 32},
                  "epochs": 1, "batch_size": 4, "milestones": [1], "warmup_steps": 1,
