@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .identities import ATTRIBUTES, derive_seed
+from .patch_unet import PatchUNet  # noqa: F401  (imported so from_pretrained resolves a saved PatchUNet unet)
 
 
 class ID3Conditioner(ModelMixin, ConfigMixin):

@@ -187,3 +187,29 @@ def test_generator_steps_scores_one_resumed_run_at_each_milestone(art, tmp_path)
     assert list(out["rows"][0]["runs"]) == ["real, m=0"]  # the fixture has no anchors
     assert all(-1 <= r["runs"]["real, m=0"]["cos_to_condition_mean"] <= 1 for r in out["rows"])
     assert (tmp_path / "art" / "generator" / "pipeline" / "model_index.json").is_file()
+
+
+def test_generator_recipe_scores_faces_and_identities_on_real_faces(lfw_files):
+    """The recipe benchmark's scoring on real faces (centre crops of two LFW people): MTCNN finds them, and the
+    judge accepts more same-person pairs than different-person ones; overrides parse as YAML, errors name the pair."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from benchmarks.generator_recipe import overrides, score
+    from tasks.align import MTCNNDetector
+    from tasks.judge import DlibJudge
+    zf = zipfile.ZipFile(lfw_files / "lfw-deepfunneled.zip")
+    people = ("George_W_Bush", "Colin_Powell")
+    faces = [np.asarray(Image.open(io.BytesIO(zf.read(f"lfw-deepfunneled/{n}/{n}_{i:04d}.jpg"))).convert("RGB")
+                        .crop((69, 69, 181, 181)).resize((64, 64))) for n in people for i in (1, 2, 3)]
+    judge = DlibJudge()
+    ref = judge.describe_all(faces).mean(0)
+    out = score(faces, [0, 0, 0, 1, 1, 1], judge, MTCNNDetector("cpu"), ref, 0.235)
+    assert out["faces_found"] >= 5 / 6
+    assert out["judge_same_identity_accepted"] > out["judge_different_identity_accepted"]
+    assert overrides(["snr_gamma=null", "lr=0.001", "unet={layers_per_block: 2}"]) == {
+        "snr_gamma": None, "lr": 0.001, "unet": {"layers_per_block": 2}}
+    with pytest.raises(SystemExit, match="'lr': expected KEY=VALUE"):
+        overrides(["lr"])

@@ -68,6 +68,14 @@ def test_a_patch_unet_generator_trains_saves_and_renders_at_full_resolution(tmp_
     b = load_pipeline(tmp_path / "gen")(y, torch.zeros(2, 4), seeds=[1, 2], num_inference_steps=3, output_type="np")
     assert np.array_equal(a, b)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
+    # a fresh process (the sample stage's) resolves the saved PatchUNet without having imported it first
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    code = f"from models import load_pipeline; print(type(load_pipeline({str(tmp_path / 'gen')!r}).unet).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "PatchUNet", out.stderr[-2000:]
 
 
 def test_v_prediction_and_min_snr_weighting():
