@@ -10,7 +10,7 @@ between a render and the embedding it was conditioned on, and the mean pairwise 
 render centres beside that of their conditions. A generator that learned its condition gives a clearly
 positive first figure (CemiFace: rising with m) and centres as far apart as their conditions; one that ignores
 it gives about 0 and centres close together (one look-alike face). CemiFace renders at every --m; ID3 with
-frontal pose attributes (0, 0, 0). ID-Booth is conditioned per identity by LoRAs, not by embeddings: refused.
+frontal pose and the centre age (attributes all 0). ID-Booth is conditioned per identity by LoRAs, not by embeddings: refused.
 Writes benchmarks/results/condition_adherence.json.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ def measure(art: Path, identities: int = 6, images: int = 4, ms=(0.0, 0.5, 1.0),
     from torch.nn import functional as F
 
     from models import load_pipeline
+    from models.identities import ATTRIBUTES
     from tasks.encoder import load_encoder
     pipe = load_pipeline(art / "generator" / "pipeline").to(device)
     if pipe.METHOD not in ("id3", "cemiface"):
@@ -57,7 +58,7 @@ def measure(art: Path, identities: int = 6, images: int = 4, ms=(0.0, 0.5, 1.0),
         emb = np.repeat(w, images, axis=0)
         who = np.repeat(np.arange(len(w)), images)
         for m in (ms if pipe.METHOD == "cemiface" else [None]):
-            cond = m if m is not None else torch.zeros(len(emb), 3)  # CemiFace's similarity, or ID3's pose
+            cond = m if m is not None else torch.zeros(len(emb), len(ATTRIBUTES))  # CemiFace's m, or ID3's pose and age
             x = pipe(torch.from_numpy(emb), cond, list(range(len(emb))), num_inference_steps=steps, sampler="ddim")
             with torch.no_grad():
                 e = F.normalize(enc(x.to(device)).float(), dim=1).cpu().numpy()

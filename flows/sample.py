@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from prefect import flow, get_run_logger, task
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
@@ -62,6 +63,9 @@ def _models(pipeline_dir: Path, encoder_dir: Path, p: dict, dev: str):
 def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embeddings_file: Path, plan_file: Path,
                  identities: list[int], p: dict) -> list[dict]:
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""
+    # one intra-op thread count on every runner: CPU kernels order their sums by it (a Dask worker starts with one
+    # thread, a threads-runner process with all cores), so a block's PNG bytes do not depend on where it ran
+    torch.set_num_threads(os.cpu_count() or 1)
     with task_device() as dev:
         get_run_logger().warning(f"sample: rendering identities {identities[0]}-{identities[-1]} (pid {os.getpid()}, {dev})")
         pipe, enc, aligner = _models(pipeline_dir, encoder_dir, p, dev)
