@@ -2,6 +2,7 @@
 
     python benchmarks/condition_adherence.py --artifacts /work/main/artifacts          # ~1 min on 2 cores
     python benchmarks/condition_adherence.py --artifacts DIR --m 0 0.5 1 --identities 6 --images 4
+    python benchmarks/condition_adherence.py --artifacts DIR --identities 32 --images 8 --judge --name id3   # ~4 min
 
 For --identities inquiry embeddings of each source (the sample stage's anchors when artifacts/sample has them,
 and one real training face per identity from generator/real_stats.npz), renders --images images each with no
@@ -11,7 +12,11 @@ render centres beside that of their conditions. A generator that learned its con
 positive first figure (CemiFace: rising with m) and centres as far apart as their conditions; one that ignores
 it gives about 0 and centres close together (one look-alike face). CemiFace renders at every --m; ID3 with
 frontal pose and the centre age (attributes all 0). ID-Booth is conditioned per identity by LoRAs, not by embeddings: refused.
-Writes benchmarks/results/condition_adherence.json.
+With --judge each run also gets the independent judge's view (benchmarks/generator_recipe.score: MTCNN's
+detection rate and the dlib judge's same- and different-identity pair acceptance, centred on the align stage's
+real faces): if it cannot tell the real identities' renders apart either, the generator does not follow its
+condition at all, whatever the anchors.
+Writes benchmarks/results/condition_adherence[_NAME].json.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, Bench, common_args, wait_until_idle  # noqa: E402
+from benchmarks.generator_recipe import judge_reference, score, train_faces  # noqa: E402
 from tasks.identity import centres  # noqa: E402
 
 
@@ -36,7 +42,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def measure(art: Path, identities: int = 6, images: int = 4, ms=(0.0, 0.5, 1.0), steps: int = 20,
-            device: str = "cpu") -> dict:
+            device: str = "cpu", judge_threshold: float | None = None) -> dict:
     import torch
     from torch.nn import functional as F
 
@@ -53,6 +59,12 @@ def measure(art: Path, identities: int = 6, images: int = 4, ms=(0.0, 0.5, 1.0),
     if (art / "sample" / "anchors.npy").is_file():
         sources["anchors"] = np.load(art / "sample" / "anchors.npy")[:identities]
     out = {"method": pipe.METHOD, "identities": identities, "images_per_identity": images, "steps": steps, "runs": {}}
+    if judge_threshold is not None:  # the judge's view: the package stage's scoring of renders
+        from tasks.align import MTCNNDetector
+        from tasks.judge import DlibJudge
+        judge, det = DlibJudge(), MTCNNDetector("cpu")
+        reference = judge_reference(judge, train_faces(art)[0])
+        out["judge_threshold"] = judge_threshold
     for name, w in sources.items():
         w = _unit(np.asarray(w, np.float32))
         emb = np.repeat(w, images, axis=0)
@@ -63,10 +75,13 @@ def measure(art: Path, identities: int = 6, images: int = 4, ms=(0.0, 0.5, 1.0),
             with torch.no_grad():
                 e = F.normalize(enc(x.to(device)).float(), dim=1).cpu().numpy()
             _, c = centres(e, who)  # the identities' normalised render centres
-            out["runs"][name if m is None else f"{name}, m={m:g}"] = {
+            run = out["runs"][name if m is None else f"{name}, m={m:g}"] = {
                 "cos_to_condition_mean": float((e * emb).sum(1).mean()),
                 "centre_pairwise_cos_mean": _mean_offdiag(c),
                 "condition_pairwise_cos_mean": _mean_offdiag(w)}
+            if judge_threshold is not None:
+                u8 = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+                run.update(score(list(u8), who.tolist(), judge, det, reference, judge_threshold))
     return out
 
 
@@ -77,11 +92,14 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=4, help="renders per inquiry embedding")
     ap.add_argument("--m", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="CemiFace similarities to render at")
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    ap.add_argument("--judge", action="store_true", help="also score the renders by MTCNN and the dlib judge (needs align/)")
+    ap.add_argument("--threshold", type=float, default=0.235, help="the judge's same-person cosine (centred)")
+    ap.add_argument("--name", default="", help="result file suffix: condition_adherence_NAME.json")
     a = ap.parse_args(argv)
     if not a.no_wait:
         wait_until_idle(a.max_load)
-    b = Bench("condition_adherence", a.device, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()})
-    b.result.update(measure(a.artifacts, a.identities, a.images, a.m, a.steps, a.device))
+    b = Bench("condition_adherence" + (f"_{a.name}" if a.name else ""), a.device, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()})
+    b.result.update(measure(a.artifacts, a.identities, a.images, a.m, a.steps, a.device, a.threshold if a.judge else None))
     print(b.write(a.out))
     return 0
 

@@ -53,6 +53,24 @@ def score(images: list, identity: list[int], judge, detector, reference: np.ndar
             "judge_different_identity_accepted": float((c[~same] >= threshold).mean())}
 
 
+def train_faces(art: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every aligned training face of a project's align stage (uint8 HWC) and its identity label, in shard order."""
+    import pandas as pd
+
+    from tasks.shards import decode_image, read_tar
+    m = pd.read_parquet(art / "align" / "manifest.parquet")
+    faces, labels = [], []
+    for shard in sorted(m[m["split"] == "train"]["shard"].unique()):
+        for s in read_tar(art / "align" / shard):
+            faces.append(decode_image(s["jpg"])); labels.append(int(s["cls"]))
+    return faces, np.asarray(labels)
+
+
+def judge_reference(judge, faces: list[np.ndarray], n: int = 400) -> np.ndarray:
+    """The mean raw dlib descriptor of the first n real faces: the centring of tasks/judge.py."""
+    return judge.describe_all(faces[:n]).mean(0)
+
+
 def run(src: Path, p: dict, s: dict, milestones: list[int], work: Path, out: Path, name: str, identities: int,
         threshold: float, log=print) -> dict:
     import pandas as pd
@@ -63,7 +81,6 @@ def run(src: Path, p: dict, s: dict, milestones: list[int], work: Path, out: Pat
     from tasks.encoder import load_encoder
     from tasks.judge import DlibJudge
     from tasks.sample import plan_identities, sampling
-    from tasks.shards import decode_image, read_tar
     from tasks.train_generator import attribute_conditions, real_embeddings, train_generator
     enc = load_encoder(src / "encoder", "cpu")
     m = pd.read_parquet(src / "align" / "manifest.parquet")
@@ -71,8 +88,7 @@ def run(src: Path, p: dict, s: dict, milestones: list[int], work: Path, out: Pat
     keys, labels, embs = real_embeddings(enc, shards, p["resolution"], "cpu")
     table = pd.read_parquet(src / "align" / "attributes.parquet")
     judge, det = DlibJudge(), MTCNNDetector("cpu")
-    real = [decode_image(x["jpg"]) for sh in shards for x, _ in zip(read_tar(sh), range(400))][:400]
-    reference = judge.describe_all(real).mean(0)  # the centring of tasks/judge.py, on real training faces
+    reference = judge_reference(judge, train_faces(src)[0])
     s = dict(s, num_identities=identities, embeddings_per_identity=4, images_per_embedding=2)
     plan = plan_identities({"embeddings": embs, "labels": labels}, s, attribute_pool(table), "id3")
     rows = []

@@ -3,7 +3,7 @@
 
     python benchmarks/scaling.py                               # 12/24/48 identities, ~5 min on 2 cores
     python benchmarks/scaling.py --base 2 --steps 2            # about a minute
-    python benchmarks/scaling.py --baseline-rev 88ca80c        # also that revision's flows/tasks/models, same run
+    python benchmarks/scaling.py --baseline-rev REV            # also that revision's flows/tasks/models, same run
 
 Each point is a fresh throwaway project (benchmarks/project.py: this checkout's code, a tiny real generator
 at --resolution px, the [sample] guidance of this checkout's params.yaml, its own Prefect home and so its own

@@ -25,9 +25,7 @@ from tasks.io import atomic_path, write_json
 
 from . import ROOT
 
-import yaml
-
-from tasks.params import params_hash
+from tasks.params import params_hash, read_yaml
 
 VARIANTS = {
     "id3-full": ("(a) full ID3", {}),
@@ -61,7 +59,8 @@ def read_metrics(ref: str | None) -> tuple[dict, dict, dict]:
     """(report.json, quality.json, params.yaml) at a git ref, or in the workspace when ref is None."""
     def text(path):
         return (ROOT / path).read_text() if ref is None else _git("show", f"{ref}:{path}")
-    return json.loads(text("metrics/report.json")), json.loads(text("metrics/quality.json")), yaml.safe_load(text("params.yaml"))
+    return (json.loads(text("metrics/report.json")), json.loads(text("metrics/quality.json")),
+            read_yaml(text("params.yaml"), f"{ref or 'workspace'}:params.yaml"))
 
 
 def row(label: str, overrides: dict, report: dict, quality: dict, params: dict) -> dict:

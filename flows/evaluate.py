@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from tasks.benchmarks import LFW_PEOPLE, build_bin, find_bins, read_bin, write_bin
+from tasks.benchmarks import LFW_PEOPLE, build_bin, find_bins, read_bin, verify_images, write_bin
 from tasks.describe import embed_bin, embed_set, smallest_side
 from tasks.encoder import embed, load_encoder
 from tasks.io import atomic_path, write_json
@@ -99,6 +99,7 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
     roc_rows, heldout, skipped = [], None, {}
     for bench, path in benches.items():
         bins, issame = read_bin(path)
+        verify_images(path, bins)
         log.warning(f"evaluate: {bench}: {len(issame)} pairs from {path.name}")
         if len(issame) < p["folds"] or issame.all() or not issame.any():
             skipped[bench] = f"{len(issame)} pairs ({int(issame.sum())} matched): too few for {p['folds']} folds of both kinds"

@@ -11,6 +11,7 @@ lists, tuples and booleans; any global (os.system, numpy, ...) is refused with U
 """
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -105,10 +106,28 @@ def decoded_batches(bins: list[bytes], batch_size: int = 256, size: int = IMAGE_
         yield np.stack([decode(b, size) for b in bins[i:i + batch_size]])
 
 
+def verify_images(path: str | Path, bins: list[bytes], max_side: int = 4096) -> None:
+    """Decode every image of a .bin once, so a bad one is an error naming the file and its slot, not a crash deep
+    in a model; sides above max_side are refused unread (a benchmark face is ~112 px)."""
+    for i, b in enumerate(bins):
+        try:
+            with Image.open(io.BytesIO(b)) as im:
+                if max(im.size) > max_side:
+                    raise ValueError(f"{im.size[0]}x{im.size[1]} px, above {max_side}")
+                im.load()
+        except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, DecompressionBombError...)
+            raise ValueError(f"{path}: image {i} (pair {i // 2}) does not decode ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())})") from None
+
+
 def find_bins(folder: str | Path) -> dict[str, Path]:
-    """Every *.bin under folder, named by file stem; the five standard ones first, in the papers' order."""
+    """Every *.bin under folder, named by file stem; the five standard ones first, in the papers' order. A *.bin
+    that is not a regular file (a FIFO would block the reader forever, a folder cannot be read) is an error."""
     folder = Path(folder)
     found = {p.stem: p for p in sorted(folder.glob("*.bin"))} if folder.is_dir() else {}
+    for p in found.values():
+        if not p.is_file():
+            raise ValueError(f"{p}: not a regular file (a benchmark .bin must be one)")
     if HELDOUT in found:
         raise ValueError(f"{found[HELDOUT]}: the name {HELDOUT}.bin is reserved for the held-out pairs the evaluate stage builds")
     return {k: found[k] for k in [s for s in STANDARD if s in found] + [s for s in found if s not in STANDARD]}

@@ -2,6 +2,10 @@
 
     python -m flows params --dry-run      # prints the resolved configuration and its hash
     p = load_params("params.yaml")        # dict; raises ParamsError("sample.num_identities: ...")
+
+The file is read strictly (`read_yaml`): a key given twice (the flows would take the last, DVC refuses the
+file) and YAML aliases (`*name`: a few lines of nested aliases expand to gigabytes) are errors naming the
+line, and a file over MAX_BYTES is refused unread.
 """
 from __future__ import annotations
 
@@ -15,6 +19,40 @@ import yaml
 
 class ParamsError(ValueError):
     pass
+
+
+MAX_BYTES = 1 << 20  # a params file is a few KB; a larger one is not ours
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and duplicate mapping keys."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor}: aliases are not allowed in params",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str, name: str):
+    """Parse a params document strictly; any problem is one ParamsError line naming `name`, line and column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else name
+        problem = getattr(e, "problem", None) or str(e)
+        raise ParamsError(f"{where}: not valid params YAML ({' '.join(str(problem).split())})") from None
 
 
 class Spec:
@@ -154,8 +192,25 @@ def _validate(spec, value, key: str):
     return spec.check(key, value)
 
 
+LFW_FILES = ("lfw-deepfunneled.zip", "pairs.txt", "people.txt")  # what the align stage reads from data.dir
+
+
+def _check_data(d: dict) -> None:
+    """data.sha256 names plain files (a name like ../../x would place a download outside data.dir) with a
+    SHA-256 each, and covers every file the pipeline reads (an empty mapping would let any file through)."""
+    for name, sha in d["sha256"].items():
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ParamsError(f"data.sha256.{name}: a file name inside data.dir, without folders")
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
+            raise ParamsError(f"data.sha256.{name}: {sha!r} is not a SHA-256 (64 hex digits)")
+    missing = [f for f in LFW_FILES if f not in d["sha256"]]
+    if missing:
+        raise ParamsError(f"data.sha256: no checksum for {', '.join(missing)} (every file the pipeline reads is verified)")
+
+
 def validate(raw: dict) -> dict:
     p = _validate(SCHEMA, raw, "")
+    _check_data(p["data"])
     if set(p["align"]["train_folds"]) & set(p["align"]["eval_folds"]):
         raise ParamsError("align.eval_folds: must not share a fold with align.train_folds (folds are person-disjoint)")
     g = p["generator"]
@@ -199,11 +254,13 @@ def load_params(path="params.yaml") -> dict:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
+    if path.stat().st_size > MAX_BYTES:
+        raise ParamsError(f"{path}: {path.stat().st_size} bytes, more than a params file's {MAX_BYTES}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({e})") from None
-    return validate(raw or {})
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return validate(read_yaml(text, str(path)) or {})
 
 
 def params_hash(obj) -> str:

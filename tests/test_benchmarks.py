@@ -111,3 +111,23 @@ def test_write_bin_checked_and_reserved_name(tmp_path):
     (tmp_path / "bad.bin").write_bytes(b"\x80\x04]}b.")  # BUILD on a list
     with pytest.raises(ValueError, match="not a readable"):
         read_bin(tmp_path / "bad.bin")
+
+
+def test_bad_benchmark_files_are_one_line_errors_not_hangs(tmp_path):
+    """A FIFO named like a .bin is refused before anything opens it (opening one blocks forever); an image that
+    does not decode, or is absurdly large, is named by file and slot."""
+    import io
+    os.mkfifo(tmp_path / "cfp_fp.bin")
+    with pytest.raises(ValueError, match=r"cfp_fp.bin: not a regular file"):
+        find_bins(tmp_path)
+    from tasks.benchmarks import verify_images
+    good = io.BytesIO()
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(good, format="JPEG")
+    bins = [good.getvalue()] * 3 + [good.getvalue()[:200]]  # the 4th is truncated
+    with pytest.raises(ValueError, match=r"x.bin: image 3 \(pair 1\) does not decode \(OSError"):
+        verify_images(tmp_path / "x.bin", bins)
+    huge = io.BytesIO()
+    Image.new("L", (5000, 10)).save(huge, format="PNG")
+    with pytest.raises(ValueError, match=r"image 1 \(pair 0\) does not decode \(ValueError: 5000x10 px, above 4096"):
+        verify_images("x.bin", [good.getvalue(), huge.getvalue()])
+    verify_images("x.bin", [good.getvalue()] * 2)  # good images pass

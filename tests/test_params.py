@@ -76,3 +76,48 @@ def test_cli_names_a_corrupt_data_file(tmp_path, capsys, monkeypatch):
     assert main(["align", "--params", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "does not match the expected" in err and str(tmp_path) in err
+
+
+def test_params_yaml_is_read_strictly(tmp_path, capsys):
+    """A key given twice, aliases (a billion-laughs file) and oversized or non-UTF-8 files are refused before
+    anything is built from them, in one line naming the file and, where there is one, the line."""
+    from flows.__main__ import main
+    from tasks import params as P
+    text = (ROOT / "params.yaml").read_text()
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(text.replace("\nsample:\n", "\nsample:\n  seed: 1\n", 1))  # sample.seed again further down
+    line = dup.read_text().splitlines().index("sample:") + 1
+    with pytest.raises(ParamsError) as e:
+        load_params(dup)
+    msg = str(e.value)
+    assert msg.startswith(f"{dup}:") and "key 'seed' is given twice" in msg and "\n" not in msg
+    assert int(msg.split(":")[1]) > line  # the second occurrence's line
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")))
+    with pytest.raises(ParamsError, match=r"laughs.yaml:2:\d+: not valid params YAML \(alias \*a: aliases are not allowed"):
+        load_params(laughs)
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * P.MAX_BYTES + "\n" + text)
+    with pytest.raises(ParamsError, match="more than a params file's"):
+        load_params(big)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"sample:\n  seed: \xff\xfe\n")
+    with pytest.raises(ParamsError, match="bin.yaml: not UTF-8 text"):
+        load_params(binary)
+    assert main(["params", "--params", str(laughs)]) == 2  # the CLI: exit 2, one line
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "aliases are not allowed" in err
+
+
+@pytest.mark.parametrize("sha256,message", [
+    ({"../../x": "0" * 64}, r"data.sha256.../../x: a file name inside data.dir"),
+    ({"sub/pairs.txt": "0" * 64}, r"data.sha256.sub/pairs.txt: a file name inside data.dir"),
+    ({"pairs.txt": "abc"}, r"data.sha256.pairs.txt: 'abc' is not a SHA-256"),
+    ({}, r"data.sha256: no checksum for lfw-deepfunneled.zip, pairs.txt, people.txt"),
+])
+def test_data_checksums_name_plain_files_and_cover_every_input(sha256, message):
+    r = raw()
+    r["data"]["sha256"] = sha256
+    with pytest.raises(ParamsError, match=message):
+        validate(r)

@@ -173,6 +173,9 @@ def test_condition_adherence_scores_renders_against_their_conditions(art):
     e = np.load(art / "generator" / "real_stats.npz")["embeddings"][[0, 3, 6]]  # labels 0, 1, 2: one face each
     g = e @ e.T
     assert r["condition_pairwise_cos_mean"] == pytest.approx((g.sum() - np.trace(g)) / 6, abs=1e-5)
+    judged = measure(art, identities=2, images=2, steps=2, judge_threshold=0.235)["runs"]["real"]  # + the judge's view
+    assert {k: judged[k] for k in r} == pytest.approx(measure(art, identities=2, images=2, steps=2)["runs"]["real"])
+    assert all(0 <= judged[k] <= 1 for k in ("faces_found", "judge_same_identity_accepted", "judge_different_identity_accepted"))
 
 
 def test_generator_steps_scores_one_resumed_run_at_each_milestone(art, tmp_path):
@@ -214,3 +217,13 @@ def test_generator_recipe_scores_faces_and_identities_on_real_faces(lfw_files):
         "snr_gamma": None, "lr": 0.001, "unet": {"layers_per_block": 2}}
     with pytest.raises(SystemExit, match="'lr': expected KEY=VALUE"):
         overrides(["lr"])
+
+
+def test_autoencoder_ceiling_judges_originals_and_reconstructions(art, tmp_path):
+    from benchmarks.autoencoder_ceiling import measure
+    out = measure(art, [8, 8], 16, steps=2, identities=2, per=3, threshold=0.235, seed=0, out=tmp_path, log=lambda m: None)
+    assert out["autoencoder"]["latent"] == [4, 8, 8] and out["faces"] == 6 and out["identities"] == 2
+    assert math.isfinite(out["psnr_db"]) and positive(out["train_images_per_s"], out["autoencoder"]["parameters"])
+    for name in ("original", "reconstructed"):
+        assert set(out[name]) == {"faces_found", "judge_same_identity_accepted", "judge_different_identity_accepted"}
+    assert (tmp_path / "autoencoder_ceiling.png").is_file()
