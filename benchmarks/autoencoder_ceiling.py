@@ -65,7 +65,7 @@ def measure(art: Path, widths: list[int], resolution: int, steps: int, identitie
         loss.backward()
         opt.step()
         if step % 100 == 0:
-            log(f"step {step}: loss {float(loss):.4f}, {(step + 1) * 32 / (time.time() - t0):.1f} img/s")
+            log(f"step {step}: loss {loss.item():.4f}, {(step + 1) * 32 / (time.time() - t0):.1f} img/s")
     train_s = time.time() - t0
     vae.eval()
     pick = np.concatenate([np.flatnonzero(labels == i)[:per] for i in np.unique(labels)[:identities]])

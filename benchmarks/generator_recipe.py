@@ -57,12 +57,12 @@ def train_faces(art: Path) -> tuple[list[np.ndarray], np.ndarray]:
     """Every aligned training face of a project's align stage (uint8 HWC) and its identity label, in shard order."""
     import pandas as pd
 
-    from tasks.shards import decode_image, read_tar
+    from tasks.shards import iter_images
     m = pd.read_parquet(art / "align" / "manifest.parquet")
     faces, labels = [], []
-    for shard in sorted(m[m["split"] == "train"]["shard"].unique()):
-        for s in read_tar(art / "align" / shard):
-            faces.append(decode_image(s["jpg"])); labels.append(int(s["cls"]))
+    for _, ims, cls in iter_images([art / "align" / x for x in sorted(m[m["split"] == "train"]["shard"].unique())]):
+        faces += list(ims)
+        labels += cls.tolist()
     return faces, np.asarray(labels)
 
 
