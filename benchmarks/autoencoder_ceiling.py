@@ -35,16 +35,13 @@ def build_autoencoder(widths: list[int], resolution: int):
                          norm_num_groups=8, sample_size=resolution)
 
 
-def to_uint8(x) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
-
 def measure(art: Path, widths: list[int], resolution: int, steps: int, identities: int, per: int, threshold: float,
             seed: int, out: Path, log=print) -> dict:
     import torch
     from PIL import Image
     from torch.nn import functional as F
 
+    from models.id3 import to_output
     from tasks.align import MTCNNDetector
     from tasks.judge import DlibJudge
     from tasks.train_generator import to_resolution
@@ -75,7 +72,7 @@ def measure(art: Path, widths: list[int], resolution: int, steps: int, identitie
     psnr = float(10 * np.log10(4 / F.mse_loss(rec.clamp(-1, 1), orig).item()))
     judge, det = DlibJudge(), MTCNNDetector("cpu")
     reference = judge_reference(judge, faces)
-    o, r = to_uint8(orig), to_uint8(rec)
+    o, r = to_output(orig, "np"), to_output(rec.clamp(-1, 1), "np")
     res = {"original": score(list(o), labels[pick].tolist(), judge, det, reference, threshold),
            "reconstructed": score(list(r), labels[pick].tolist(), judge, det, reference, threshold)}
     k = min(16, len(o))

@@ -47,6 +47,7 @@ def measure(art: Path, identities: int = 6, images: int = 4, ms=(0.0, 0.5, 1.0),
     from torch.nn import functional as F
 
     from models import load_pipeline
+    from models.id3 import to_output
     from models.identities import ATTRIBUTES
     from tasks.encoder import load_encoder
     pipe = load_pipeline(art / "generator" / "pipeline").to(device)
@@ -80,8 +81,7 @@ def measure(art: Path, identities: int = 6, images: int = 4, ms=(0.0, 0.5, 1.0),
                 "centre_pairwise_cos_mean": _mean_offdiag(c),
                 "condition_pairwise_cos_mean": _mean_offdiag(w)}
             if judge_threshold is not None:
-                u8 = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-                run.update(score(list(u8), who.tolist(), judge, det, reference, judge_threshold))
+                run.update(score(list(to_output(x, "np")), who.tolist(), judge, det, reference, judge_threshold))
     return out
 
 
