@@ -1,4 +1,4 @@
-"""Content-cached Prefect tasks around the slow, CPU-only dlib judge and the aligner's re-detection,
+"""Content-cached Prefect tasks around the dlib judge and the aligner's re-detection,
 shared by the package stage (privacy audit, face filter) and the evaluate stage (quality metrics): a set
 described once is reused by every later stage and experiment whose inputs have the same bytes.
 
@@ -39,7 +39,7 @@ def _detector():
 
 @task(cache_key_fn=content_key, persist_result=True)
 def judge_set(shards: list[Path], keys: list[str], resolution: int | None = None) -> dict:
-    """dlib descriptors of the given faces (~0.1 s a face on CPU), cached on the shards' bytes; with resolution,
+    """dlib descriptors of the given faces, cached on the shards' bytes; with resolution,
     of the faces downsampled to it (tasks/describe.embed_set)."""
     return embed_set(_judge().describe_all, shards, set(keys), resolution=resolution)
 

@@ -1,5 +1,5 @@
 """Independent identity judge: dlib's pretrained ResNet (128-d, CC0) from the face-recognition-models
-wheel. Not differentiable, so it only measures: never used in a training loss.
+wheel, run by its PyTorch port. Never used in a training loss nor in guidance: it only measures.
 
     judge = DlibJudge();  d = judge.describe_all(aligned_uint8_nhwc)   # N x 128 raw descriptors
     u = centred_unit(d, reference_mean)                                 # cosine geometry for the metrics
@@ -23,17 +23,26 @@ def _models_dir() -> Path:
 
 
 class DlibJudge:
-    def __init__(self):
-        import dlib
-        self.rec = dlib.face_recognition_model_v1(str(_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"))
+    """dlib's face ResNet through its PyTorch port (models/dlib_resnet.py: the same weights and descriptors to
+    ~1e-6, batched; about 10x faster than the dlib-bin wheel, which is built without BLAS)."""
+
+    def __init__(self, batch_size: int = 64):
+        from models.dlib_resnet import load_dlib_resnet
+        self.net, self.batch_size = load_dlib_resnet(_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"), batch_size
+
+    @staticmethod
+    def chip(aligned: np.ndarray) -> np.ndarray:
+        """An ArcFace-aligned crop resized to dlib's 150x150 chip (the crop already is aligned)."""
+        return np.asarray(Image.fromarray(aligned).resize((150, 150), Image.BICUBIC))
 
     def describe(self, aligned: np.ndarray) -> np.ndarray:
-        """Descriptor of an ArcFace-aligned crop, resized to dlib's 150x150 chip (the crop already is aligned)."""
-        chip = np.ascontiguousarray(np.asarray(Image.fromarray(aligned).resize((150, 150), Image.BICUBIC)))
-        return np.asarray(self.rec.compute_face_descriptor(chip), dtype=np.float64)
+        return self.describe_all([aligned])[0]
 
     def describe_all(self, images) -> np.ndarray:
-        return np.stack([self.describe(im) for im in images]) if len(images) else np.zeros((0, 128))
+        from models.dlib_resnet import describe
+        if not len(images):
+            return np.zeros((0, 128))
+        return describe(self.net, np.stack([self.chip(np.asarray(im)) for im in images]), self.batch_size)
 
 
 def centred_unit(desc: np.ndarray, mean: np.ndarray) -> np.ndarray:

@@ -135,7 +135,7 @@ SCHEMA = {
     "generator": {
         "method": S(["id3", "cemiface", "idbooth"]), "resolution": I(8, 512), "patch_size": I(1, 8),
         "unet": {"block_out_channels": L(I(1)), "layers_per_block": I(1), "attention_head_dim": I(1),
-                 "norm_num_groups": I(1)},
+                 "norm_num_groups": I(1), "identity_in_time": Spec(bool)},
         "conditioner_dims": L(I(1)), "cond_drop": F(0.0, 1.0), "steps": I(1), "batch_size": I(1),
         "beta_schedule": S(["linear", "scaled_linear", "squaredcos_cap_v2"]), "snr_gamma": F(0.0, optional=True),
         "prediction_type": S(["epsilon", "v_prediction"]),

@@ -14,6 +14,7 @@ data, encoder and code).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -40,8 +41,13 @@ from .shards import read_tar
 
 def build_unet(p: dict, context_dim: int, time_scale_shift: str = "default"):
     """"scale_shift" feeds the timestep to each ResNet block as AdaGN (CemiFace); "default" adds it (ID3).
+    generator.unet.identity_in_time also pools the context tokens into the timestep embedding, which then reaches
+    every ResNet block by AdaGN scale-shift: with one context token, cross-attention's softmax is 1 and the
+    identity enters each attention layer only as one added vector, the same at every pixel, while scale-shift
+    modulates every feature map (ADM's class conditioning).
     generator.patch_size p > 1 wraps it in models.patch_unet.PatchUNet: the UNet runs at resolution / p."""
     ch = tuple(p["unet"]["block_out_channels"])
+    in_time = p["unet"].get("identity_in_time", False)  # hand-made configs without the key: cross-attention only
     n = len(ch)
     config = dict(
         sample_size=p["resolution"], in_channels=3, out_channels=3, block_out_channels=ch,
@@ -49,8 +55,11 @@ def build_unet(p: dict, context_dim: int, time_scale_shift: str = "default"):
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
         cross_attention_dim=context_dim, attention_head_dim=p["unet"]["attention_head_dim"],
-        norm_num_groups=p["unet"]["norm_num_groups"], resnet_time_scale_shift=time_scale_shift,
+        norm_num_groups=p["unet"]["norm_num_groups"],
+        resnet_time_scale_shift="scale_shift" if in_time else time_scale_shift,
     )
+    if in_time:  # diffusers' attention pooling of encoder_hidden_states into the time embedding (Kandinsky's "text")
+        config.update(addition_embed_type="text", addition_embed_type_num_heads=math.gcd(context_dim, 64))
     patch = p.get("patch_size", 1)  # hand-made configs without the key: the plain pixel UNet
     if patch == 1:
         return UNet2DConditionModel(**config)

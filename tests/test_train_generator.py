@@ -46,8 +46,8 @@ def test_checkpoint_and_resume(tmp_path, lfw_files):
 
 def test_a_patch_unet_generator_trains_saves_and_renders_at_full_resolution(tmp_path, lfw_files):
     """generator.patch_size 2: the UNet runs on 2x2 pixel blocks (half the resolution), yet the pipeline takes and
-    renders full-resolution images, with the cosine schedule, Min-SNR weighting and warm-up of the demo recipe;
-    save / load gives the same renders."""
+    renders full-resolution images, with the cosine schedule, Min-SNR weighting, warm-up and the identity in the
+    time embedding of the demo recipe; save / load gives the same renders."""
     import torch
 
     from models import load_pipeline
@@ -57,9 +57,14 @@ def test_a_patch_unet_generator_trains_saves_and_renders_at_full_resolution(tmp_
     attr = {f"k{i}": np.zeros(4, np.float32) for i in range(8)}
     enc = IResNet((1, 1), (8, 16), 16, 16).eval().requires_grad_(False)
     p = {**G, "resolution": 32, "patch_size": 2, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
-         "snr_gamma": 5.0, "warmup_steps": 4}
+         "snr_gamma": 5.0, "warmup_steps": 4, "unet": {**G["unet"], "identity_in_time": True}}
     pipe, stats = train_generator(shards, emb, attr, 8, enc, p, tmp_path / "ck", log=lambda s: None)
     assert isinstance(pipe.unet, PatchUNet) and pipe.unet.unet.config.sample_size == 16
+    inner = pipe.unet.unet.config
+    assert inner.addition_embed_type == "text" and inner.resnet_time_scale_shift == "scale_shift"
+    ctx = pipe.conditioner(torch.from_numpy(np.stack([emb["k0"], emb["k1"]])), torch.zeros(2, 4))
+    aug = pipe.unet.unet.get_aug_embed(None, ctx, {})  # two identities -> two different time-embedding offsets
+    assert aug.shape == (2, inner.block_out_channels[0] * 4) and not torch.allclose(aug[0], aug[1])
     assert pipe.unet.unet.config.in_channels == 12 and pipe.scheduler.config.beta_schedule == "squaredcos_cap_v2"
     y = torch.from_numpy(np.stack([emb["k0"], emb["k1"]]))
     a = pipe(y, torch.zeros(2, 4), seeds=[1, 2], num_inference_steps=3, output_type="np")
