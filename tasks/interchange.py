@@ -223,14 +223,22 @@ def export_imagefolder(samples: Iterable[tuple[int, str, bytes]], root) -> dict:
 
 
 def read_imagefolder(root) -> Iterator[tuple[int, str, Path]]:
-    """(label, class name, image path) for every image file, classes in sorted order (nothing is read)."""
+    """(label, class name, image path) for every image file, classes in sorted order (nothing is read).
+    A symlinked class folder or image that leads out of the root is an error naming it: an import reads only
+    what lies inside the folder it was given (a link to /etc/passwd would otherwise land in the rejects table)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: ImageFolder root not found")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    inside = root.resolve()
+
+    def check(path: Path) -> Path:
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            raise ValueError(f"{path}: a symlink out of the ImageFolder root {root} (copy the file in instead)")
+        return path
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and check(d))
     for label, c in enumerate(classes):
         for f in sorted((root / c).iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTS and check(f):
                 yield label, c, f
 
 

@@ -78,6 +78,25 @@ def test_imagefolder_round_trip(tmp_path, faces):
     assert np.unique([c for _, c, _ in got]).tolist() == ["000000", "000001", "000002"]
 
 
+def test_imagefolder_refuses_symlinks_out_of_its_root(tmp_path, faces):
+    """A linked image or class folder that leads outside the tree is an error naming it; links inside are read."""
+    export_imagefolder(faces, tmp_path / "tree")
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(faces[0][2])
+    inner = tmp_path / "tree" / "000000" / "inner.jpg"
+    inner.symlink_to(list(read_imagefolder(tmp_path / "tree"))[-1][2])  # stays inside: fine
+    assert inner in [path for _, _, path in read_imagefolder(tmp_path / "tree")]
+    link = tmp_path / "tree" / "000001" / "leak.jpg"
+    link.symlink_to(outside)
+    with pytest.raises(ValueError, match=f"{link}: a symlink out of the ImageFolder root"):
+        list(read_imagefolder(tmp_path / "tree"))
+    link.unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "tree" / "000009").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(ValueError, match="000009: a symlink out of the ImageFolder root"):
+        list(read_imagefolder(tmp_path / "tree"))
+
+
 def test_recordio_pair_with_a_dotted_prefix_replaces_an_older_pair(tmp_path, faces):
     """'faces.v2' names faces.v2.rec/.idx (the suffix is appended, not swapped), and exporting over an
     older pair leaves the new .rec with the new .idx."""
