@@ -17,7 +17,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 
 from tasks import lfw
-from tasks.align import align_items, make_detector, prealigned_items, reject_duplicates
+from tasks.align import RETINAFACE_WEIGHTS, align_items, make_detector, prealigned_items, reject_duplicates
 from tasks.attributes import HOPENET_FILE, make_age_estimator, make_pose_estimator
 from tasks.archives import ArchiveImages, is_archive
 from tasks.interchange import RecordIOReader, rec_idx, source_members
@@ -53,11 +53,20 @@ def _source_name(member) -> str:
     return str(member)
 
 
+def used_weights(p: dict) -> dict[str, Path]:
+    """The weight files align reads from align.weights_dir: RetinaFace's under detector retinaface, HopeNet's
+    when pose is auto or hopenet and the file is there (auto then prefers it to PnP, which changes the output)."""
+    folder = ROOT / p["weights_dir"]
+    names = ([RETINAFACE_WEIGHTS] if p["detector"] == "retinaface" else []) + ([HOPENET_FILE] if p["pose"] != "pnp" else [])
+    return {n: folder / n for n in names if (folder / n).is_file()}
+
+
 @task(cache_key_fn=content_key, persist_result=True, retries=1)
-def align_chunk(kind: str, source, members: list[list], p: dict) -> tuple[list[dict], list[dict]]:
+def align_chunk(kind: str, source, members: list[list], p: dict, weights: dict[str, Path]) -> tuple[list[dict], list[dict]]:
     """members: [key, member, meta]; source: the LFW zip, an imported archive or .rec (a Path: the cache key
     hashes its bytes), or for an ImageFolder tree its project-relative name while each member is the image's
-    Path (hashed one by one). Every member ends accepted or rejected; `input_sha256` (the file's bytes)
+    Path (hashed one by one). weights (`used_weights`) is there for the cache key: a weight file added or
+    replaced is a miss. Every member ends accepted or rejected; `input_sha256` (the file's bytes)
     lets the flow find the same photo twice."""
     read = _reader(kind, source)
     key = (p["detector"], p["weights_dir"], p["pose"], p["age_estimator"])
@@ -113,6 +122,8 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     if p["train_source"]:
         kind, _, rel = p["train_source"].partition(":")
         inputs["train_source"] = rec_idx(ROOT / rel)[0] if kind == "recordio" else ROOT / rel
+    weights = used_weights(p)
+    inputs.update({f"weights/{name}": path for name, path in weights.items()})
     rec = RunRecord("align", p, out, inputs)
     train, pairs = lfw.select(data_dir / "people.txt", data_dir / "pairs.txt", p)
     imported = None
@@ -144,7 +155,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     accepted, rejected = [], []
     prog = Progress("align", total=len(members))
     for i, (kind, src, c) in enumerate(chunks):
-        a, r = align_chunk(kind, src, c, p)
+        a, r = align_chunk(kind, src, c, p, weights)
         accepted += a
         rejected += r
         prog.advance(len(c), f"chunk {i + 1}/{len(chunks)}, {len(accepted)} accepted, {len(rejected)} rejected")

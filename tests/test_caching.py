@@ -93,3 +93,34 @@ def test_every_stage_lists_exactly_its_flows_code_as_dvc_deps():
         need = {str(f.relative_to(ROOT)) for f in module_files(STAGES[cli[3]][0])} | {"flows/__main__.py"}
         deps = {d for d in st["deps"] if d.endswith(".py")}
         assert deps == need, f"{name}: missing {sorted(need - deps)}, not run {sorted(deps - need)}"
+
+
+def test_align_sees_its_weight_files_in_the_cache_key_and_dvc_deps(tmp_path):
+    """A weight file dropped into align.weights_dir changes align's output (HopeNet replaces PnP head pose), so
+    its bytes are in the chunk task's cache key and the folder is a DVC dep of align."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from flows import ROOT
+    from flows.align import align_chunk, used_weights
+    from flows.caching import content_key
+    from tasks.align import RETINAFACE_WEIGHTS
+    from tasks.attributes import HOPENET_FILE
+    align = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["align"]
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())["align"]["weights_dir"]
+    assert default in align["deps"] and (ROOT / default / "README.md").is_file()  # the folder exists on a fresh clone
+
+    p = {"detector": "mtcnn", "pose": "auto", "weights_dir": str(tmp_path)}
+    ctx = SimpleNamespace(task=align_chunk)
+    key = lambda q: content_key(ctx, {"kind": "lfw", "members": [], "p": q, "weights": used_weights(q)})  # noqa: E731
+    before = key(p)
+    (tmp_path / HOPENET_FILE).write_bytes(b"one")
+    (tmp_path / RETINAFACE_WEIGHTS).write_bytes(b"two")
+    assert used_weights(p) == {HOPENET_FILE: tmp_path / HOPENET_FILE}  # MTCNN does not read RetinaFace's file
+    with_file = key(p)
+    assert with_file != before
+    (tmp_path / HOPENET_FILE).write_bytes(b"three")  # replaced under the same name: a miss too
+    assert key(p) not in (before, with_file)
+    assert used_weights(dict(p, pose="pnp")) == {}
+    assert set(used_weights(dict(p, detector="retinaface"))) == {RETINAFACE_WEIGHTS, HOPENET_FILE}

@@ -90,7 +90,7 @@ def build_baseline(proj: Path, env: dict) -> None:
     """The micro project: a copy of the pipeline with MICRO params, LFW fetched and tracked, `dvc repro` of every
     stage, committed as 'baseline'. The repro's log is kept beside the project (repro.log)."""
     keep = ["flows", "tasks", "models", "benchmarks", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".dvc/plots",
-            ".dvcignore", ".gitignore"]
+            ".dvcignore", ".gitignore", "weights/README.md"]
     for k in keep:
         src = ROOT / k
         if src.is_dir():
