@@ -83,6 +83,7 @@ def dispatch(a) -> int:
         return build_bin_cli(a)
     if a.stage in ("release", "export"):
         return tool_cli(a)
+    from tasks.io import InputError
     from tasks.lfw import DataError
     from tasks.params import ParamsError, load_params, params_hash
     try:
@@ -96,15 +97,18 @@ def dispatch(a) -> int:
             print(f"data ready in {obtain(p['data'], ROOT)}")
             return 0
         if a.stage == "align":  # fail in one line before any flow starts
+            from tasks.interchange import source_members
             from tasks.lfw import verify
             verify(p["data"], ROOT / p["data"]["dir"])
+            if p["align"]["train_source"]:  # an import with nothing to train on (the flow lists it again)
+                source_members(p["align"]["train_source"], ROOT, p["align"])
         mod, fn = STAGES[a.stage]
         where = {k: v for k, v in (("runner", a.runner), ("address", a.address)) if v}
         if where and a.stage != "sample":
             print(f"synthface {a.stage}: --runner and --address apply to sample", file=sys.stderr)
             return 2
         getattr(importlib.import_module(mod), fn)(a.params, **where)
-    except (ParamsError, DataError, FileNotFoundError) as e:
+    except (ParamsError, DataError, InputError, FileNotFoundError) as e:
         print(f"synthface {a.stage}: {e}", file=sys.stderr)
         return 2
     return 0

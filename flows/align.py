@@ -126,10 +126,11 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     inputs.update({f"weights/{name}": path for name, path in weights.items()})
     rec = RunRecord("align", p, out, inputs)
     train, pairs = lfw.select(data_dir / "people.txt", data_dir / "pairs.txt", p)
-    imported = None
+    imported, skipped = None, []
     if p["train_source"]:  # training faces from a RecordIO file or ImageFolder tree; eval stays LFW
         kind = p["train_source"].partition(":")[0]
-        imported = (kind, *source_members(p["train_source"], ROOT, p))
+        src, train_members, skipped = source_members(p["train_source"], ROOT, p)
+        imported = (kind, src, train_members)
         train = []
     fold_of = {}
     for _, name, f in train:
@@ -152,7 +153,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
     chunks = [(kind, src, ms[i:i + p["chunk_size"]]) for kind, src, ms in sources for i in range(0, len(ms), p["chunk_size"])]
     n_train = sum(m[2]["split"] == "train" for m in members)
     log.warning(f"align: {len(members)} images ({n_train} train, {len(eval_members)} eval) in {len(chunks)} chunks")
-    accepted, rejected = [], []
+    accepted, rejected = [], list(skipped)  # inputs an import does not read (other types, per-person limits...)
     prog = Progress("align", total=len(members))
     for i, (kind, src, c) in enumerate(chunks):
         a, r = align_chunk(kind, src, c, p, weights)
@@ -182,7 +183,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
             "issame": q.issame} for q in pairs]
     kept = [r for r in prs if r["key_a"] in ok and r["key_b"] in ok]
     write_parquet(out / "eval_pairs.parquet", pd.DataFrame(kept, columns=["fold", "key_a", "key_b", "issame"]))
-    counts = {"inputs": len(members), "accepted": len(accepted), "rejected": len(rejected),
+    counts = {"inputs": len(members) + len(skipped), "accepted": len(accepted), "rejected": len(rejected),
               "train_images": int((manifest["split"] == "train").sum()), "train_identities": len(train_ids),
               "eval_images": int((manifest["split"] == "eval").sum()), "eval_pairs": len(kept),
               "eval_pairs_dropped": len(prs) - len(kept),

@@ -17,11 +17,13 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from .io import InputError
+
 MAX_MEMBER_BYTES = 256 << 20
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
-class UnsafeArchive(ValueError):
+class UnsafeArchive(InputError):
     pass
 
 

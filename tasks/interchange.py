@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .archives import ArchiveImages, is_archive
-from .io import atomic_path
+from .io import InputError, atomic_path
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -32,7 +32,7 @@ IR_SIZE = struct.calcsize(IR_FORMAT)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class RecordIOError(ValueError):
+class RecordIOError(InputError):
     pass
 
 
@@ -222,10 +222,13 @@ def export_imagefolder(samples: Iterable[tuple[int, str, bytes]], root) -> dict:
     return {"images": n, "identities": len(classes)}
 
 
-def read_imagefolder(root) -> Iterator[tuple[int, str, Path]]:
-    """(label, class name, image path) for every image file, classes in sorted order (nothing is read).
-    A symlinked class folder or image that leads out of the root is an error naming it: an import reads only
-    what lies inside the folder it was given (a link to /etc/passwd would otherwise land in the rejects table)."""
+def imagefolder_entries(root) -> Iterator[tuple[str | None, Path, str | None]]:
+    """(class name, path, why it is not read) for every entry of an ImageFolder root, in sorted order; the
+    reason is None for an image to read. Nothing is passed over without one: files outside a class folder,
+    other file types (.gif, .tiff, .heic...), hidden names, folders inside a class folder, FIFOs and other
+    non-files, and empty class folders each come out with their reason, so an import can account for every
+    input. A symlinked class folder or image that leads out of the root is an error naming it: an import reads
+    only what lies inside the folder it was given (a link to /etc/passwd would otherwise be read)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: ImageFolder root not found")
@@ -235,11 +238,38 @@ def read_imagefolder(root) -> Iterator[tuple[int, str, Path]]:
         if path.is_symlink() and not path.resolve().is_relative_to(inside):
             raise ValueError(f"{path}: a symlink out of the ImageFolder root {root} (copy the file in instead)")
         return path
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and check(d))
-    for label, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTS and check(f):
-                yield label, c, f
+    for top in sorted(root.iterdir()):
+        if top.name.startswith("."):
+            yield None, top, "hidden name (starts with '.')"
+        elif check(top).is_dir():
+            inner = sorted(top.iterdir())
+            if not inner:
+                yield top.name, top, "empty class folder"
+            for f in inner:
+                yield top.name, f, _why_not_read(check(f))
+        else:
+            yield None, top, "outside a class folder (root/<class>/<image>)" if top.is_file() else "not a regular file"
+
+
+def _why_not_read(f: Path) -> str | None:
+    if f.name.startswith("."):
+        return "hidden name (starts with '.')"
+    if f.is_dir():
+        return "a folder inside a class folder (a class folder holds its images directly)"
+    if not f.is_file():
+        return "not a regular file"
+    if f.suffix.lower() not in IMAGE_EXTS:
+        return f"not an image type imports read ({f.suffix.lower() or 'no extension'}; they read {' '.join(IMAGE_EXTS)})"
+    return None
+
+
+def read_imagefolder(root) -> Iterator[tuple[int, str, Path]]:
+    """(label, class name, image path) for every image file, classes in sorted order (nothing is read);
+    what is not an image in a class folder is passed over (imagefolder_entries says why)."""
+    entries = [(c, f) for c, f, why in imagefolder_entries(root) if why is None]
+    label = {c: i for i, c in enumerate(sorted({c for c, _ in entries}))}
+    for c, f in entries:
+        yield label[c], c, f
 
 
 def _safe_key(text: str, max_bytes: int = 64) -> str:
@@ -254,14 +284,20 @@ def _safe_key(text: str, max_bytes: int = 64) -> str:
     return f"{head}_{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list]]:
-    """align.train_source -> (the file the align tasks read and hash, [[key, member, meta], ...]) for
-    every kept image, after align's per-person limits (min/max images per person, max people; people in
-    sorted order, a person's images in file order). imagefolder: takes a folder or a zip/tar archive of
-    one (an image's class is its parent folder's name; unsafe archives are refused, tasks/archives.py)."""
+def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list], list[dict]]:
+    """align.train_source -> (the file the align tasks read and hash, [[key, member, meta], ...] for every
+    kept image, [rejection row, ...] for every other input). Kept: after align's per-person limits (min/max
+    images per person, max people; people in sorted order, a person's images in file order). imagefolder takes a
+    folder or a zip/tar archive of one (an image's class is its parent folder's name; unsafe archives are
+    refused, tasks/archives.py). Every entry of the source ends in one list or the other, with its reason."""
     kind, _, rel = spec.partition(":")
     path = (root / rel) if not Path(rel).is_absolute() else Path(rel)
     people: dict[str, list] = {}
+    skipped: list[dict] = []
+
+    def skip(name: str, identity: str | None, reason: str, member: str | None = None):
+        skipped.append({"key": _safe_key(name), "source": member or f"{rel}/{name}", "reason": reason,
+                        "split": "train", "identity": identity, "fold": 0})
     if kind == "recordio":
         rec, idx = rec_idx(path)
         if not rec.is_file() or not idx.is_file():
@@ -273,22 +309,61 @@ def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list]]:
     elif kind == "imagefolder" and is_archive(path):  # a zip/tar of class folders, read in place
         source = path
         with ArchiveImages(path) as a:
+            hidden = lambda parts: any(x.startswith(".") or x == "__MACOSX" for x in parts)  # noqa: E731  (resource forks)
+            visible = [PurePosixPath(n).parts for n in a.names if not hidden(PurePosixPath(n).parts)]
+            depth = 0  # folders that wrap the class folders (`zip -r x.zip tree/` puts everything under tree/)
+            while (visible and all(len(v) > depth + 1 and v[depth] == visible[0][depth] for v in visible)
+                   and any(len(v) > depth + 2 for v in visible)):  # a lone class folder is a class, not a wrapper
+                depth += 1
             for name in a.names:
                 parts = PurePosixPath(name).parts
-                if any(x.startswith(".") or x == "__MACOSX" for x in parts):  # macOS resource forks, hidden files
-                    continue
-                if len(parts) >= 2 and PurePosixPath(name).suffix.lower() in IMAGE_EXTS:
-                    people.setdefault(parts[-2], []).append((_safe_key(f"{parts[-2]}_{PurePosixPath(name).stem}"), name))
+                rel = parts[depth:]
+                if hidden(parts):
+                    skip(name, None, "hidden name (starts with '.' or is __MACOSX)", name)
+                elif len(rel) < 2:
+                    skip(name, None, "outside a class folder (root/<class>/<image>)", name)
+                elif len(rel) > 2:
+                    skip(name, rel[0], "a folder inside a class folder (a class folder holds its images directly)", name)
+                elif PurePosixPath(name).suffix.lower() not in IMAGE_EXTS:
+                    ext = PurePosixPath(name).suffix.lower() or "no extension"
+                    skip(name, rel[0], f"not an image type imports read ({ext}; they read {' '.join(IMAGE_EXTS)})", name)
+                else:
+                    people.setdefault(rel[0], []).append((_safe_key(f"{rel[0]}_{PurePosixPath(name).stem}"), name))
     elif kind == "imagefolder":
         source = path
-        for _, name, f in read_imagefolder(path):
-            people.setdefault(name, []).append((_safe_key(f"{name}_{f.stem}"), f))
+        for name, f, why in imagefolder_entries(path):
+            if why is None:
+                people.setdefault(name, []).append((_safe_key(f"{name}_{f.stem}"), f))
+            else:
+                skip(f.relative_to(path).as_posix(), name, why)
     else:
         raise ValueError(f"align.train_source: unknown kind {kind!r}")
-    keep = [n for n in sorted(people) if len(people[n]) >= p["min_images_per_person"]][:p["max_train_people"]]
+    lo, hi, most = p["min_images_per_person"], p["max_images_per_person"], p["max_train_people"]
+    enough = [n for n in sorted(people) if len(people[n]) >= lo]
+    keep = enough[:most]
+    for n in sorted(people):
+        why = (f"its person has {len(people[n])} images, below align.min_images_per_person ({lo})" if len(people[n]) < lo else
+               f"its person is beyond align.max_train_people ({most})" if n not in keep else None)
+        for i, (key, member) in enumerate(people[n]):
+            if why or i >= hi:
+                skip(key, n, why or f"beyond align.max_images_per_person ({hi})", _member_name(member, path, rel))
     members = [[key, member, {"split": "train", "identity": n, "fold": 0}]
-               for n in keep for key, member in people[n][:p["max_images_per_person"]]]
-    return source, _distinct_keys(members, source)
+               for n in keep for key, member in people[n][:hi]]
+    if not members:  # said before align touches any output (not as a later "no head pose" error)
+        reasons: dict[str, int] = {}
+        for r in skipped:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        raise InputError(f"align.train_source {spec}: no image to train on (root/<class>/<image>, align's per-person "
+                         f"limits); of {len(skipped)} entries: {dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:3])}")
+    return source, _distinct_keys(members, source), skipped
+
+
+def _member_name(member, path: Path, rel: str) -> str:
+    """A rejection row's `source`: the file under the import's own name (as align's `source` column), the
+    archive member, or the RecordIO record index."""
+    if isinstance(member, Path):
+        return f"{rel}/{member.relative_to(path).as_posix()}"
+    return str(member)
 
 
 def _distinct_keys(members: list[list], root: Path) -> list[list]:

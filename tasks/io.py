@@ -21,6 +21,11 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class InputError(ValueError):
+    """A bad input (an import source, an archive, a data file) that a user fixes: the CLI prints it as one
+    line naming the file or key and exits 2, without a traceback."""
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""

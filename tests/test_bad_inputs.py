@@ -48,6 +48,12 @@ def corpus(lfw_files, tmp_path_factory):
         "李 雷/one pixel.png": (_save(Image.fromarray(wide), "PNG"), "too small"),
         "李 雷/bomb.png": (_save(Image.new("1", (10000, 10000)), "PNG"), "decompression bomb"),
         "李 雷/wall.png": (_save(Image.new("RGB", (250, 250), (128, 128, 128)), "PNG"), "no face"),
+        # not read by an import, each still rejected with its reason
+        "李 雷/anim.gif": (_save(rgb[0], "GIF"), "not an image type imports read (.gif"),
+        "李 雷/scan.tiff": (_save(rgb[0], "TIFF"), "not an image type imports read (.tiff"),
+        "李 雷/phone.HEIC": (b"ftypheic" + bytes(64), "not an image type imports read (.heic"),
+        "李 雷/.DS_Store": (b"\0\0\0\1Bud1", "hidden name"),
+        "readme.txt": (b"scraped 2026", "outside a class folder"),
     }
     root = tmp_path_factory.mktemp("bad") / "scraped"
     for rel, (data, _) in files.items():
@@ -61,10 +67,10 @@ def _align(kind_path, base):
     from flows.align import align_chunk
     from tasks.align import reject_duplicates
     from tasks.interchange import source_members
-    source, members = source_members(f"imagefolder:{kind_path}", base, P)
+    source, members, skipped = source_members(f"imagefolder:{kind_path}", base, P)
     src = source if source.is_file() else str(source)
-    accepted, rejected = align_chunk.fn("imagefolder", src, members, P)
-    return members, reject_duplicates(accepted, rejected), rejected
+    accepted, rejected = align_chunk.fn("imagefolder", src, members, P, {})
+    return members, reject_duplicates(accepted, rejected), skipped + rejected, len(members) + len(skipped)
 
 
 @pytest.mark.parametrize("packed", ["folder", "zip"])
@@ -75,13 +81,13 @@ def test_every_bad_input_ends_accepted_or_rejected_with_a_reason(corpus, packed)
         target = "scraped.zip"
     else:
         target = "scraped"
-    members, accepted, rejected = _align(target, root.parent)
-    assert len(members) == len(want) and len({m[0] for m in members}) == len(want)  # every file, its own key
-    assert len(accepted) + len(rejected) == len(members)  # nothing lost
+    members, accepted, rejected, inputs = _align(target, root.parent)
+    assert inputs == len(want) and len({m[0] for m in members}) == len(members)  # every file, its own key
+    assert len(accepted) + len(rejected) == inputs  # nothing lost
     name = lambda m: str(m[1].relative_to(root) if hasattr(m[1], "relative_to") else m[1].split("/", 1)[1])  # noqa: E731
     rel_of = {m[0]: name(m) for m in members}
     got = {rel_of[a["key"]]: "ok" for a in accepted}
-    got.update({rel_of[r["key"]]: r["reason"] for r in rejected})
+    got.update({rel_of[r["key"]] if r["key"] in rel_of else r["source"].split("/", 1)[1]: r["reason"] for r in rejected})
     for rel, expect in want.items():
         if expect != "same photo":
             assert expect in got[rel], f"{rel}: expected {expect!r}, got {got[rel]!r}"
@@ -159,7 +165,8 @@ def test_awkward_but_honest_archives_are_read(tmp_path, lfw_files):
         info.size = 4
         t.addfile(info, io.BytesIO(b"rsrc"))
     p = {**P, "min_images_per_person": 1}
-    source, members = source_members("imagefolder:dot.tar", tmp_path, p)
+    source, members, skipped = source_members("imagefolder:dot.tar", tmp_path, p)
+    assert [r["reason"] for r in skipped] == ["hidden name (starts with '.' or is __MACOSX)"]
     assert source == tmp_path / "dot.tar"
     assert sorted(m[2]["identity"] for m in members) == ["a", "a", "b", "b"]  # the resource fork is no photo of 'a'
     assert all(len(f"{m[0]}.json".encode()) <= 100 for m in members)  # fits a USTAR tar name
@@ -175,3 +182,61 @@ def test_awkward_but_honest_archives_are_read(tmp_path, lfw_files):
         assert a.read("a/good.jpg") == b"good bytes"
         with pytest.raises(UnreadableMember, match="bad.jpg"):
             a.read("a/bad.jpg")
+
+
+def test_every_entry_of_an_imagefolder_is_read_or_rejected_with_its_reason(tmp_path):
+    """What an ImageFolder import does not read still appears in the rejects with a reason (accepted +
+    rejected = inputs): a FIFO (never opened: it would block), an empty class folder, a folder inside a class
+    folder, a file outside any class folder, and the images align's per-person limits leave out."""
+    import os
+
+    from tasks.interchange import source_members
+    tree = tmp_path / "tree"
+    for rel in ("a/1.jpg", "a/2.jpg", "a/3.jpg", "b/1.png", "c/1.jpg", "c/2.jpg", "d/1.jpg", "d/2.jpg", "a/sub/x.jpg", "top.jpg"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(b"jpeg bytes of " + rel.encode())
+    (tree / "empty").mkdir()
+    os.mkfifo(tree / "a" / "pipe.jpg")
+    p = {"min_images_per_person": 2, "max_images_per_person": 2, "max_train_people": 2}
+    source, members, skipped = source_members("imagefolder:tree", tmp_path, p)
+    kept = sorted(m[1].relative_to(tree).as_posix() for m in members)
+    why = {r["source"]: r["reason"] for r in skipped}
+    assert kept == ["a/1.jpg", "a/2.jpg", "c/1.jpg", "c/2.jpg"]
+    assert len(members) + len(skipped) == 12 and len(why) == 8  # every entry once
+    assert why["tree/a/3.jpg"] == "beyond align.max_images_per_person (2)"
+    assert why["tree/b/1.png"] == "its person has 1 images, below align.min_images_per_person (2)"
+    assert why["tree/d/1.jpg"] == why["tree/d/2.jpg"] == "its person is beyond align.max_train_people (2)"
+    assert why["tree/a/sub"].startswith("a folder inside a class folder")
+    assert why["tree/a/pipe.jpg"] == "not a regular file"
+    assert why["tree/empty"] == "empty class folder"
+    assert why["tree/top.jpg"].startswith("outside a class folder")
+
+
+def test_an_import_with_no_class_folders_is_one_line_before_any_output(tmp_path, prefect_api):
+    """A zip of loose photos (no <class>/ folders): align says so at once, exit 2, and writes no output (it
+    used to overwrite manifest.parquet and then fail on a missing head-pose pool)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from flows import ROOT
+    from tests.conftest import lfw_dir
+    from tests.test_pipeline_e2e import project_env
+    proj = tmp_path / "proj"
+    for k in ("flows", "tasks", "models"):
+        shutil.copytree(ROOT / k, proj / k, ignore=shutil.ignore_patterns("__pycache__"))
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["data"]["dir"] = str(lfw_dir())
+    p["align"]["train_source"] = "imagefolder:data/loose.zip"
+    (proj / "params.yaml").write_text(yaml.safe_dump(p))
+    (proj / "data").mkdir()
+    with zipfile.ZipFile(proj / "data" / "loose.zip", "w") as z:
+        z.writestr("one.jpg", b"a photo")
+        z.writestr("two.jpg", b"another")
+    r = subprocess.run([sys.executable, "-m", "flows", "align"], cwd=proj, env=project_env(prefect_api),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "align.train_source imagefolder:data/loose.zip: no image to train on" in r.stderr
+    assert "outside a class folder" in r.stderr and "Traceback" not in r.stderr
+    assert not (proj / "artifacts" / "align" / "manifest.parquet").exists()

@@ -127,7 +127,8 @@ def test_imagefolder_import_takes_prealigned_faces_as_they_are(tmp_path, faces):
     (tmp_path / "tree" / "000001" / "broken.jpg").write_bytes(b"not an image")
     p = {"min_images_per_person": 3, "max_images_per_person": 10, "max_train_people": 10, "output_size": 112,
          "jpeg_quality": 95, "batch_size": 8}
-    source, members = source_members("imagefolder:tree", tmp_path, p)
+    source, members, skipped = source_members("imagefolder:tree", tmp_path, p)
+    assert len(skipped) == len(faces) + 1 - len(members)  # the other classes: too few images, each rejected with why
     assert source == tmp_path / "tree"
     assert sorted({m[2]["identity"] for m in members}) == ["000001"]  # the others have only 2 images each
     items = [(k, str(path), path.read_bytes(), meta) for k, path, meta in members]
