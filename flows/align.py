@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
 from tasks import lfw
 from tasks.align import RETINAFACE_WEIGHTS, align_items, make_detector, prealigned_items, reject_duplicates
@@ -25,7 +25,7 @@ from tasks.io import sha256_bytes, write_json, write_parquet
 from tasks.shards import write_shards
 
 from . import ROOT
-from .caching import content_key
+from .caching import cached_task
 from .common import Progress, RunRecord, device, params, stage_dir
 
 _DETECTORS: dict = {}
@@ -61,7 +61,7 @@ def used_weights(p: dict) -> dict[str, Path]:
     return {n: folder / n for n in names if (folder / n).is_file()}
 
 
-@task(cache_key_fn=content_key, persist_result=True, retries=1)
+@cached_task(retries=1)
 def align_chunk(kind: str, source, members: list[list], p: dict, weights: dict[str, Path]) -> tuple[list[dict], list[dict]]:
     """members: [key, member, meta]; source: the LFW zip, an imported archive or .rec (a Path: the cache key
     hashes its bytes), or for an ImageFolder tree its project-relative name while each member is the image's

@@ -12,7 +12,7 @@ and `python -m` targets), every module of a package that computes a relative imp
 and a package's lazy attributes (imports in its module-level `__getattr__`) for any file that takes names
 from it. Each stage's .py deps in dvc.yaml are exactly its flow's closure (tests/test_caching.py).
 
-    @task(cache_key_fn=content_key, persist_result=True)
+    @cached_task()       # = prefect.task keyed by content_key, results as data, sealed (flows/result_store.py)
     def sample_block(generator_dir: Path, block: int, params: dict): ...
 """
 from __future__ import annotations
@@ -142,3 +142,33 @@ def content_key(context, parameters: dict) -> str:
     module = getattr(getattr(task, "fn", None), "__module__", None)  # the task function's own module
     blob = json.dumps({"code": code_version(module), "task": name, "params": _canon(parameters)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cached_task(**options):
+    """prefect.task cached by `content_key`, its result persisted by flows.result_store: written as data (no
+    pickle) and sealed, so a record planted in the result storage is a cache miss, never code that runs."""
+    from prefect import task
+
+    from .result_store import DataSerializer
+
+    def decorate(fn):
+        return _sealed(task(cache_key_fn=content_key, persist_result=True, result_serializer=DataSerializer(), **options)(fn))
+    return decorate
+
+
+def _sealed(t):
+    """The task with SealedFileSystem as its result storage. Set after construction: Prefect wants a storage
+    *argument* to be a block saved on the server (a per-run ephemeral one here); an unsaved local block is what
+    its own default storage is. with_options builds a new Task from the argument, so it is wrapped alike."""
+    from .result_store import SealedFileSystem
+    t.result_storage = SealedFileSystem()
+    plain = t.with_options
+
+    def with_options(**kw):
+        t.result_storage = None
+        try:
+            return _sealed(plain(**kw))
+        finally:
+            t.result_storage = SealedFileSystem()
+    t.with_options = with_options
+    return t

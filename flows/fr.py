@@ -13,14 +13,14 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from tasks.encoder import build, save_encoder
 from tasks.fr_dist import launch, world_size
 from tasks.fr_train import train_fr, validation_split
 
 from . import CHECKPOINTS
-from .caching import content_key
+from .caching import cached_task, content_key
 from .common import Progress, RunRecord, device
 
 
@@ -30,7 +30,7 @@ def checkpoint_dir(stage: str, shards: list[Path], train: dict[str, int], val: d
     return CHECKPOINTS / f"{stage}-{key[:16]}"
 
 
-@task(cache_key_fn=content_key, persist_result=True)
+@cached_task()
 def fr_training(stage: str, shards: list[Path], train: dict[str, int], val: dict[str, int], p: dict) -> tuple[dict, dict]:
     log = get_run_logger()
     ckpt = checkpoint_dir(stage, shards, train, val, p)

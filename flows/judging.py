@@ -12,14 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from prefect import task
 
 from tasks.align import make_detector
 from tasks.benchmarks import read_bin
 from tasks.describe import embed_bin, embed_set
 from tasks.judge import DlibJudge
 
-from .caching import content_key
+from .caching import cached_task
 from .common import device
 
 _MODELS: dict = {}
@@ -37,20 +36,20 @@ def _detector():
     return _MODELS["detector"]
 
 
-@task(cache_key_fn=content_key, persist_result=True)
+@cached_task()
 def judge_set(shards: list[Path], keys: list[str], resolution: int | None = None) -> dict:
     """dlib descriptors of the given faces, cached on the shards' bytes; with resolution,
     of the faces downsampled to it (tasks/describe.embed_set)."""
     return embed_set(_judge().describe_all, shards, set(keys), resolution=resolution)
 
 
-@task(cache_key_fn=content_key, persist_result=True)
+@cached_task()
 def detect_set(shards: list[Path], resolution: int | None = None) -> dict:
     """Re-detect every face of a set with MTCNN and estimate its head pose from the 5 landmarks; with
     resolution, of the faces downsampled to it (then upsampled to the detector's 112 px as any small face)."""
     return embed_set(None, shards, None, _detector(), resolution=resolution)
 
 
-@task(cache_key_fn=content_key, persist_result=True)
+@cached_task()
 def judge_bin(path: Path) -> np.ndarray:
     return embed_bin(_judge().describe_all, read_bin(path)[0])

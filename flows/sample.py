@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
@@ -35,7 +35,7 @@ from tasks.sample import plan_identities, render_block, sampling
 from tasks.shards import file_lock, write_tar_if_changed
 
 from . import ROOT
-from .caching import content_key
+from .caching import cached_task
 from .common import Progress, RunRecord, params, stage_dir
 from .runners import check_cluster, gpu_slots, in_flight, task_device, task_runner
 
@@ -59,7 +59,7 @@ def _models(pipeline_dir: Path, encoder_dir: Path, p: dict, dev: str):
 
 # cache_result_in_memory=False: Prefect's result store otherwise keeps every finished block's images in an
 # in-memory LRU cache of 1000 records for the whole run (benchmarks/scaling.py); the flow reads each result once
-@task(cache_key_fn=content_key, persist_result=True, retries=1, cache_result_in_memory=False)
+@cached_task(retries=1, cache_result_in_memory=False)
 def sample_block(pipeline_dir: Path, encoder_dir: Path, anchors_file: Path, embeddings_file: Path, plan_file: Path,
                  identities: list[int], p: dict) -> list[dict]:
     """Render one block; the key covers the bytes of the generator, encoder and plan files."""

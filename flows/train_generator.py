@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
 from tasks.encoder import load_encoder
 from tasks.io import atomic_path
@@ -25,7 +25,7 @@ from tasks.train_generator import (attribute_conditions, missing_blobs, pipeline
                                    write_pipeline)
 
 from . import BLOBS, CHECKPOINTS, ROOT
-from .caching import content_key
+from .caching import cached_task, content_key
 from .common import Progress, RunRecord, device, params, stage_dir
 
 
@@ -35,7 +35,7 @@ def checkpoint_dir(shards: list, encoder_dir, attributes, p: dict) -> Path:
     return CHECKPOINTS / f"train_generator-{key[:16]}"
 
 
-@task(cache_key_fn=content_key, persist_result=True)
+@cached_task()
 def train_generator_task(shards: list, encoder_dir, attributes, p: dict) -> tuple[dict, dict, dict, dict]:
     log = get_run_logger()
     dev = device()

@@ -13,12 +13,20 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A file kept in a content-addressed folder (named by its sha256) instead of inside a task result."""
+    sha256: str
+    size: int
 
 
 class InputError(ValueError):

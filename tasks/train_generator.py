@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +33,7 @@ from models.id3 import ID3Conditioner, ID3Pipeline, id3_loss
 from models.identities import ATTRIBUTES, attribute_pool
 from models.patch_unet import PatchUNet
 from .fr_train import _sample_to_tensor, loader
-from .io import atomic_path, write_bytes
+from .io import Blob, atomic_path, write_bytes  # noqa: F401  (Blob: pipeline_files' references)
 from .params import params_hash
 from .shards import read_tar
 
@@ -213,13 +212,6 @@ def train_generator(shards: list[Path], emb_of: dict[str, np.ndarray], attr_of: 
     pipe.to("cpu")
     return pipe, {"steps": step, "resumed_from": start, "history": history,
                   "images_per_s": (step - start) * p["batch_size"] / max(time.time() - t0, 1e-9)}
-
-
-@dataclass(frozen=True)
-class Blob:
-    """A file kept in a content-addressed folder (named by its sha256) instead of inside a task result."""
-    sha256: str
-    size: int
 
 
 def pipeline_files(pipe, blobs: Path | None = None, max_inline: int = 64 << 20) -> dict[str, bytes | Blob]:
