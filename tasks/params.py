@@ -101,6 +101,32 @@ def S(choices=None, optional=False):
     return Spec(str, choices=choices, optional=optional)
 
 
+class PathSpec(Spec):
+    """A path the pipeline reads or writes: relative to the project and without '..', so params alone never
+    point a stage outside it. Data kept elsewhere comes in by a link or copy the user makes under data/."""
+
+    def __init__(self, optional=False):
+        super().__init__(str, optional=optional)
+
+    def check(self, key: str, v):
+        v = super().check(key, v)
+        if v is not None:
+            inside_project(key, v)
+        return v
+
+
+def inside_project(key: str, v: str) -> None:
+    from pathlib import PurePosixPath, PureWindowsPath
+    parts = PurePosixPath(v).parts
+    if not v or PurePosixPath(v).is_absolute() or PureWindowsPath(v).is_absolute() or ".." in parts or "\\" in v:
+        raise ParamsError(f"{key}: {v!r} is not a path inside the project (relative, without '..'); "
+                          "link or copy what lives elsewhere into the project, e.g. under data/")
+
+
+def P(optional=False):
+    return PathSpec(optional=optional)
+
+
 def L(item):
     return Spec(list, item=item)
 
@@ -120,9 +146,9 @@ FR_TRAIN = {
 }
 
 SCHEMA = {
-    "data": {"dir": S(), "url_base": S(), "sha256": Spec(dict, item=S())},
+    "data": {"dir": P(), "url_base": S(), "sha256": Spec(dict, item=S())},
     "align": {
-        "detector": S(["mtcnn", "retinaface"]), "weights_dir": S(), "min_score": F(0.0, 1.0),
+        "detector": S(["mtcnn", "retinaface"]), "weights_dir": P(), "min_score": F(0.0, 1.0),
         "output_size": I(112, 112), "jpeg_quality": I(50, 100),
         "train_folds": L(I(1, 10)), "eval_folds": L(I(1, 10)),
         "min_images_per_person": I(1), "max_images_per_person": I(1), "max_train_people": I(1),
@@ -131,7 +157,7 @@ SCHEMA = {
         # training faces from elsewhere instead of LFW's train folds (tasks/interchange.py); eval stays LFW
         "train_source": S(optional=True), "pre_aligned": Spec(bool),
     },
-    "encoder": {"pretrained": S(optional=True), **FR_TRAIN},
+    "encoder": {"pretrained": P(optional=True), **FR_TRAIN},
     "generator": {
         "method": S(["id3", "cemiface", "idbooth"]), "resolution": I(8, 512), "patch_size": I(1, 8),
         "unet": {"block_out_channels": L(I(1)), "layers_per_block": I(1), "attention_head_dim": I(1),
@@ -143,7 +169,7 @@ SCHEMA = {
         "kappa_scale": F(0.0), "id_schedule": S(["logistic", "linear", "constant"]), "num_train_timesteps": I(2),
         "seed": I(0),
         "cemiface": {"steps": I(1, optional=True), "context_dim": I(1), "sim_weight": F(0.0), "sim_grid_step": F(0.001, 1.0)},
-        "idbooth": {"base_model": S(optional=True), "base_width": I(8), "vae_steps": I(0), "base_steps": I(0),
+        "idbooth": {"base_model": P(optional=True), "base_width": I(8), "vae_steps": I(0), "base_steps": I(0),
                     "kl_weight": F(0.0), "num_identities": I(1), "min_images": I(1), "rank": I(1), "lora_steps": I(1),
                     "lora_lr": F(0.0), "lora_batch_size": I(1), "prior_images": I(1), "prior_steps": I(1, 1000),
                     "prior_guidance": F(0.0), "margin": F(0.0), "id_weight": F(0.0), "face_check": Spec(bool)},
@@ -172,7 +198,7 @@ SCHEMA = {
     # where fan-out tasks run (flows/runners.py); not a stage param: it never changes what a stage writes
     "execution": {"runner": S(["threads", "dask"]), "address": S(optional=True), "workers": I(1, optional=True),
                   "gpus_per_task": I(0)},
-    "evaluate": {"folds": I(2), "far": L(F(0.0, 1.0)), "benchmarks_dir": S(), "synthetic_label": S(optional=True),
+    "evaluate": {"folds": I(2), "far": L(F(0.0, 1.0)), "benchmarks_dir": P(), "synthetic_label": S(optional=True),
                  "judge_max_identities": I(1), "unique_radius": F(-1.0, 1.0), "hist_pairs": I(100),
                  "grid_identities": I(1), "grid_images": I(1)},
 }
@@ -229,6 +255,8 @@ def validate(raw: dict) -> dict:
     src = p["align"]["train_source"]
     if src is not None and src.partition(":")[0] not in ("imagefolder", "recordio"):
         raise ParamsError(f"align.train_source: {src!r} is not imagefolder:<folder> or recordio:<prefix of .rec/.idx>")
+    if src is not None:
+        inside_project("align.train_source", src.partition(":")[2])
     if p["align"]["pre_aligned"] and src is None:
         raise ParamsError("align.pre_aligned: applies to align.train_source only (LFW's photos are not aligned)")
     for sec in ("encoder", "train_fr"):

@@ -227,10 +227,11 @@ def test_an_import_with_no_class_folders_is_one_line_before_any_output(tmp_path,
     for k in ("flows", "tasks", "models"):
         shutil.copytree(ROOT / k, proj / k, ignore=shutil.ignore_patterns("__pycache__"))
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["data"]["dir"] = str(lfw_dir())
+    p["data"]["dir"] = "data/lfw"
     p["align"]["train_source"] = "imagefolder:data/loose.zip"
     (proj / "params.yaml").write_text(yaml.safe_dump(p))
     (proj / "data").mkdir()
+    (proj / "data" / "lfw").symlink_to(lfw_dir(), target_is_directory=True)
     with zipfile.ZipFile(proj / "data" / "loose.zip", "w") as z:
         z.writestr("one.jpg", b"a photo")
         z.writestr("two.jpg", b"another")

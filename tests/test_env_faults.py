@@ -15,9 +15,18 @@ from conftest import ROOT, lfw_dir
 
 
 def _params(tmp_path: Path, data_dir: Path) -> Path:
+    """A copy of the project in tmp_path/proj whose data.dir, data/x, is a link to data_dir (params name only
+    paths inside the project); returns its params.yaml."""
+    import shutil
+    proj = tmp_path / "proj"
+    for k in ("flows", "tasks", "models"):
+        shutil.copytree(ROOT / k, proj / k, ignore=shutil.ignore_patterns("__pycache__"))
+    (proj / "data").mkdir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (proj / "data" / "x").symlink_to(data_dir, target_is_directory=True)
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["data"]["dir"] = str(data_dir)  # absolute: ROOT / "/abs" is "/abs"
-    path = tmp_path / "params.yaml"
+    p["data"]["dir"] = "data/x"
+    path = proj / "params.yaml"
     path.write_text(yaml.safe_dump(p))
     return path
 
@@ -30,7 +39,7 @@ def _mount(target: Path, options: str) -> bool:
 
 def _fetch(params: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SYNTHFACE_LFW_DIR": str(lfw_dir())}
-    return subprocess.run([sys.executable, "-m", "flows", "fetch-data", "--params", str(params)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "flows", "fetch-data", "--params", str(params)], cwd=params.parent, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -38,8 +47,10 @@ def _injected(monkeypatch, params: Path, err: OSError, capsys) -> tuple[int, str
     """The same command in-process, the copy into data.dir failing with `err`."""
     import shutil
 
+    import flows
     from flows.__main__ import main
     monkeypatch.setenv("SYNTHFACE_LFW_DIR", str(lfw_dir()))
+    monkeypatch.setattr(flows, "ROOT", params.parent)  # the project copy _params made
 
     def failing_copy(src, dst, *a, **k):
         with open(dst, "wb") as f:
@@ -73,7 +84,7 @@ def test_disk_faults_end_clearly_with_no_partial_output(tmp_path, monkeypatch, c
             rc, err = _injected(monkeypatch, params, OSError(code, os.strerror(code)), capsys)
         expect = "no space left on device" if fault == "full" else "read-only file system"
         assert rc == 2 and expect in err and "Traceback" not in err, err
-        out = (target / "lfw" if fault == "full" else target) / "lfw-deepfunneled.zip"
+        out = params.parent / "data" / "x" / "lfw-deepfunneled.zip"
         assert f"({out})" in err  # names the file it could not write
         _no_partial_output(target / "lfw" if (target / "lfw").exists() else target)
     finally:
@@ -85,5 +96,5 @@ def test_permission_denied_ends_clearly(tmp_path, monkeypatch, capsys):
     (tmp_path / "data").mkdir()
     params = _params(tmp_path, tmp_path / "data")
     rc, err = _injected(monkeypatch, params, PermissionError(errno.EACCES, os.strerror(errno.EACCES)), capsys)
-    assert rc == 2 and "permission denied" in err and f"({tmp_path / 'data' / 'lfw-deepfunneled.zip'})" in err, err
+    assert rc == 2 and "permission denied" in err and f"({params.parent / 'data' / 'x' / 'lfw-deepfunneled.zip'})" in err, err
     _no_partial_output(tmp_path / "data")

@@ -34,6 +34,15 @@ def test_shipped_params_files_validate():
     (("package", "privacy_fmr"), float("inf"), "package.privacy_fmr: inf is not a finite number"),
     (("package", "privacy_fmr"), 0, "package.privacy_fmr: 0.0 is a false-match rate, strictly between 0 and 1"),
     (("package", "privacy_fmr"), 1.0, "package.privacy_fmr: 1.0 is a false-match rate, strictly between 0 and 1"),
+    # paths stay inside the project: params alone never point a stage elsewhere
+    (("data", "dir"), "/srv/lfw", "data.dir: '/srv/lfw' is not a path inside the project"),
+    (("data", "dir"), "data/../../lfw", "data.dir: 'data/../../lfw' is not a path inside the project"),
+    (("align", "weights_dir"), "../weights", "align.weights_dir: '../weights' is not a path inside the project"),
+    (("align", "train_source"), "imagefolder:/etc", "align.train_source: '/etc' is not a path inside the project"),
+    (("align", "train_source"), "recordio:../x/train", "align.train_source: '../x/train' is not a path inside the project"),
+    (("encoder", "pretrained"), "/tmp/arcface.pth", "encoder.pretrained: '/tmp/arcface.pth' is not a path inside"),
+    (("generator", "idbooth", "base_model"), "C:\\sd21", "generator.idbooth.base_model: 'C:.*' is not a path inside"),
+    (("evaluate", "benchmarks_dir"), "", "evaluate.benchmarks_dir: '' is not a path inside the project"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     r = copy.deepcopy(raw())
@@ -67,11 +76,14 @@ def test_cli_reports_bad_params_in_one_line(tmp_path, capsys):
 
 
 def test_cli_names_a_corrupt_data_file(tmp_path, capsys, monkeypatch):
+    import flows
     from flows.__main__ import main
+    monkeypatch.setattr(flows, "ROOT", tmp_path)  # a project whose data.dir holds the wrong bytes
     r = raw()
-    r["data"]["dir"] = str(tmp_path)  # absolute: ROOT / abs = abs
+    r["data"]["dir"] = "data"
+    (tmp_path / "data").mkdir()
     for name in r["data"]["sha256"]:
-        (tmp_path / name).write_bytes(b"not the real file")
+        (tmp_path / "data" / name).write_bytes(b"not the real file")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(r))
     assert main(["align", "--params", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err.strip()
