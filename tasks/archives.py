@@ -27,6 +27,10 @@ class UnsafeArchive(InputError):
     pass
 
 
+class DamagedArchive(InputError):
+    """A truncated or corrupt archive whose member listing cannot be read."""
+
+
 class UnreadableMember(OSError):
     """A member that cannot be read (bad CRC, encrypted, unsupported compression, truncated stream): its
     image is rejected with this reason, the rest of the archive is still read."""
@@ -57,6 +61,12 @@ class ArchiveImages:
         self._zip = self._tar = None
         try:
             self._open()
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            self.close()  # a truncated or corrupt archive (its listing cannot be read): nothing is read from it
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # a missing or unreadable file: the OS error names it (gzip's BadGzipFile has no errno)
+            raise DamagedArchive(f"{self.path}: damaged archive, its listing cannot be read ({type(e).__name__}: {e}); "
+                                 "nothing was read from it") from None
         except BaseException:
             self.close()
             raise

@@ -142,11 +142,15 @@ def export_recordio(samples: Iterable[tuple[int, bytes]], prefix) -> dict:
 def read_index(prefix) -> dict[int, int]:
     idx_path = rec_idx(prefix)[1]
     idx = {}
-    for n, line in enumerate(idx_path.read_text().splitlines(), 1):
+    try:
+        text = idx_path.read_text(encoding="ascii")
+    except UnicodeDecodeError as e:
+        raise RecordIOError(f"{idx_path}: not a text index (byte {e.start} is not ASCII)") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             parts = line.split("\t")
-            if len(parts) != 2:
-                raise RecordIOError(f"{idx_path}:{n}: expected '<index>\\t<offset>'")
+            if len(parts) != 2 or not all(x.strip().isdigit() for x in parts):
+                raise RecordIOError(f"{idx_path}:{n}: expected '<index>\\t<offset>' (two non-negative integers)")
             idx[int(parts[0])] = int(parts[1])
     return idx
 
@@ -174,13 +178,19 @@ class RecordIOReader:
 
     def image_indices(self) -> list[int]:
         flag, label, _, _ = unpack_record(read_frame(self.f, self.index[min(self.index)]))
-        return list(range(1, int(label[0]))) if flag > 0 else sorted(self.index)
+        if flag <= 0:
+            return sorted(self.index)
+        # the header's first identity record ends the images: bounded by the index, whatever the header claims
+        end = _label(label[0], self.path, min(self.index))
+        if not 1 <= end <= max(self.index) + 1:
+            raise RecordIOError(f"{self.path}: header record says images end at {end}, outside the index (0..{max(self.index)})")
+        return [i for i in sorted(self.index) if 1 <= i < end]
 
     def record(self, i: int) -> tuple[int, bytes]:
         if i not in self.index:
             raise FileNotFoundError(f"{self.path} has no record {i}")
         flag, label, _, data = unpack_record(read_frame(self.f, self.index[i]))
-        return int(label[0] if flag > 0 else label), data
+        return _label(label[0] if flag > 0 else label, self.path, i), data
 
     def read(self, i: int) -> bytes:
         return self.record(i)[1]
@@ -189,6 +199,14 @@ class RecordIOReader:
         """(record index, label, image bytes) of every image record, in index order."""
         for i in self.image_indices():
             yield (i, *self.record(i))
+
+
+def _label(v, path: Path, i: int) -> int:
+    """A record's label as an int; NaN, infinite or negative labels are an error naming the record."""
+    v = float(v)
+    if not np.isfinite(v) or v < 0 or v != int(v):
+        raise RecordIOError(f"{path}: record {i} has label {v!r}, not a class index")
+    return int(v)
 
 
 def read_recordio(prefix) -> Iterator[tuple[int, bytes]]:

@@ -161,7 +161,8 @@ SCHEMA = {
     "generator": {
         "method": S(["id3", "cemiface", "idbooth"]), "resolution": I(8, 512), "patch_size": I(1, 8),
         "unet": {"block_out_channels": L(I(1)), "layers_per_block": I(1), "attention_head_dim": I(1),
-                 "norm_num_groups": I(1), "identity_in_time": Spec(bool)},
+                 "norm_num_groups": I(1), "identity_in_time": Spec(bool),
+                 "attention": L(Spec(bool))},
         "conditioner_dims": L(I(1)), "cond_drop": F(0.0, 1.0), "steps": I(1), "batch_size": I(1),
         "beta_schedule": S(["linear", "scaled_linear", "squaredcos_cap_v2"]), "snr_gamma": F(0.0, optional=True),
         "prediction_type": S(["epsilon", "v_prediction"]),
@@ -243,6 +244,9 @@ def validate(raw: dict) -> dict:
     if g["resolution"] % g["patch_size"] or (g["resolution"] // g["patch_size"]) % 2 ** (len(g["unet"]["block_out_channels"]) - 1):
         raise ParamsError(f"generator.patch_size: resolution {g['resolution']} / patch_size {g['patch_size']} must be a whole "
                           f"number the UNet's {len(g['unet']['block_out_channels']) - 1} downsamplings divide")
+    if len(g["unet"]["attention"]) != len(g["unet"]["block_out_channels"]):
+        raise ParamsError(f"generator.unet.attention: one true/false per level of generator.unet.block_out_channels "
+                          f"({len(g['unet']['block_out_channels'])}), got {len(g['unet']['attention'])}")
     if len(p["generator"]["conditioner_dims"]) < 1:
         raise ParamsError("generator.conditioner_dims: needs at least one layer width")
     step = p["generator"]["cemiface"]["sim_grid_step"]

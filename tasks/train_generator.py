@@ -48,11 +48,14 @@ def build_unet(p: dict, context_dim: int, time_scale_shift: str = "default"):
     ch = tuple(p["unet"]["block_out_channels"])
     in_time = p["unet"].get("identity_in_time", False)  # hand-made configs without the key: cross-attention only
     n = len(ch)
+    # generator.unet.attention: which levels carry transformer blocks (self- and cross-attention); the UNet's
+    # middle always does. Hand-made configs without the key: every level but the first
+    att = p["unet"].get("attention") or [False] + [True] * (n - 1)
     config = dict(
         sample_size=p["resolution"], in_channels=3, out_channels=3, block_out_channels=ch,
         layers_per_block=p["unet"]["layers_per_block"],
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in att),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(att)),
         cross_attention_dim=context_dim, attention_head_dim=p["unet"]["attention_head_dim"],
         norm_num_groups=p["unet"]["norm_num_groups"],
         resnet_time_scale_shift="scale_shift" if in_time else time_scale_shift,

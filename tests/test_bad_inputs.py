@@ -2,6 +2,7 @@
 folder and as a zip): every file ends accepted or rejected with a reason, accepted + rejected = inputs,
 nothing crashes; hostile archives are refused before anything is read."""
 import io
+from pathlib import Path
 import shutil
 import tarfile
 import zipfile
@@ -241,3 +242,18 @@ def test_an_import_with_no_class_folders_is_one_line_before_any_output(tmp_path,
     assert "align.train_source imagefolder:data/loose.zip: no image to train on" in r.stderr
     assert "outside a class folder" in r.stderr and "Traceback" not in r.stderr
     assert not (proj / "artifacts" / "align" / "manifest.parquet").exists()
+
+
+@pytest.mark.parametrize("ext", ["tar", "tar.gz", "zip"])
+def test_a_truncated_archive_is_one_error_naming_it(tmp_path, ext):
+    from tasks.archives import DamagedArchive
+    from tasks.interchange import source_members
+    tree = tmp_path / "tree"
+    for i in range(12):
+        (tree / "a").mkdir(parents=True, exist_ok=True)
+        (tree / "a" / f"{i}.jpg").write_bytes(np.random.default_rng(i).bytes(4000))
+    made = Path(shutil.make_archive(str(tmp_path / "scraped"), {"tar": "tar", "tar.gz": "gztar", "zip": "zip"}[ext], tree))
+    raw = made.read_bytes()
+    made.write_bytes(raw[:len(raw) // 2])
+    with pytest.raises((DamagedArchive, UnsafeArchive), match=f"scraped.{ext}"):
+        source_members(f"imagefolder:scraped.{ext}", tmp_path, P)

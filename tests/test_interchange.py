@@ -68,6 +68,23 @@ def test_bad_recordio_files_fail_clearly(tmp_path, faces):
         list(read_recordio(tmp_path / "cut"))
     with pytest.raises(RecordIOError, match="grouped by label"):
         export_recordio([(1, b"a"), (0, b"b")], tmp_path / "unsorted")
+    idx = (tmp_path / "ok.idx").read_text()
+    for name, text, message in (("neg", "0\t-5\n", "two non-negative integers"), ("letters", "a\tb\n", "two non-negative"),
+                                ("binary", "\udcff0\t0\n", "not a text index")):
+        (tmp_path / f"{name}.rec").write_bytes(raw)
+        (tmp_path / f"{name}.idx").write_bytes(text.encode("utf-8", "surrogateescape"))
+        with pytest.raises(RecordIOError, match=message):
+            list(read_recordio(tmp_path / name))
+    import struct
+    offsets = {int(a): int(b) for a, b in (line.split("\t") for line in idx.splitlines())}
+    for name, at, value, message in (("huge", 32, 1e9, "images end at 1000000000, outside the index"),  # header's [end, ...]
+                                     ("nan", offsets[1] + 12, float("nan"), "record 1 has label nan")):
+        bad = bytearray(raw)
+        struct.pack_into("<f", bad, at, value)
+        (tmp_path / f"{name}.rec").write_bytes(bytes(bad))
+        (tmp_path / f"{name}.idx").write_text(idx)
+        with pytest.raises(RecordIOError, match=message):  # not a 1e9-entry list, not a raw ValueError
+            list(read_recordio(tmp_path / name))
 
 
 def test_imagefolder_round_trip(tmp_path, faces):

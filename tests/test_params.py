@@ -34,6 +34,7 @@ def test_shipped_params_files_validate():
     (("package", "privacy_fmr"), float("inf"), "package.privacy_fmr: inf is not a finite number"),
     (("package", "privacy_fmr"), 0, "package.privacy_fmr: 0.0 is a false-match rate, strictly between 0 and 1"),
     (("package", "privacy_fmr"), 1.0, "package.privacy_fmr: 1.0 is a false-match rate, strictly between 0 and 1"),
+    (("generator", "unet", "attention"), [True], "generator.unet.attention: one true/false per level of generator.unet.block_out_channels .3., got 1"),
     # paths stay inside the project: params alone never point a stage elsewhere
     (("data", "dir"), "/srv/lfw", "data.dir: '/srv/lfw' is not a path inside the project"),
     (("data", "dir"), "data/../../lfw", "data.dir: 'data/../../lfw' is not a path inside the project"),

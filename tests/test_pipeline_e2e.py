@@ -34,7 +34,7 @@ MICRO = {
     "encoder": {"arch": {"layers": [1, 1], "widths": [16, 32], "input_size": 32, "embedding_dim": 32},
                 "epochs": 2, "batch_size": 16, "milestones": [1], "warmup_steps": 2},
     "generator": {"resolution": 16, "unet": {"block_out_channels": [32, 32], "layers_per_block": 1,
-                                             "attention_head_dim": 8, "norm_num_groups": 8},
+                                             "attention_head_dim": 8, "norm_num_groups": 8, "attention": [False, True]},
                   "conditioner_dims": [32, 32, 32], "steps": 4, "batch_size": 8, "checkpoint_every": 2,
                   "cemiface": {"steps": 6},  # its own count, unlike generator.steps: test_method_experiments tells them apart
                   "idbooth": {"vae_steps": 4, "base_steps": 4, "num_identities": 4, "lora_steps": 2, "lora_batch_size": 2,

@@ -57,10 +57,12 @@ def test_a_patch_unet_generator_trains_saves_and_renders_at_full_resolution(tmp_
     attr = {f"k{i}": np.zeros(4, np.float32) for i in range(8)}
     enc = IResNet((1, 1), (8, 16), 16, 16).eval().requires_grad_(False)
     p = {**G, "resolution": 32, "patch_size": 2, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
-         "snr_gamma": 5.0, "warmup_steps": 4, "unet": {**G["unet"], "identity_in_time": True}}
+         "snr_gamma": 5.0, "warmup_steps": 4, "unet": {**G["unet"], "identity_in_time": True, "attention": [False, False]}}
     pipe, stats = train_generator(shards, emb, attr, 8, enc, p, tmp_path / "ck", log=lambda s: None)
     assert isinstance(pipe.unet, PatchUNet) and pipe.unet.unet.config.sample_size == 16
     inner = pipe.unet.unet.config
+    # generator.unet.attention: transformer blocks only in the middle here (none at either level)
+    assert inner.down_block_types == ("DownBlock2D", "DownBlock2D") and inner.up_block_types == ("UpBlock2D", "UpBlock2D")
     assert inner.addition_embed_type == "text" and inner.resnet_time_scale_shift == "scale_shift"
     ctx = pipe.conditioner(torch.from_numpy(np.stack([emb["k0"], emb["k1"]])), torch.zeros(2, 4))
     aug = pipe.unet.unet.get_aug_embed(None, ctx, {})  # two identities -> two different time-embedding offsets
