@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("stage", choices=["fetch-data", "params", "build-bin", "release", "export", "serve", *STAGES])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved configuration and its hash, run nothing")
-    ap.add_argument("--pairs", help="build-bin: an LFW-format pairs.txt")
-    ap.add_argument("--images", help="build-bin: folder of aligned images, <name>/<name>_<idx:04d>.jpg")
+    ap.add_argument("--pairs", help="build-bin: LFW's pairs.txt, or a file of '<path a>\\t<path b>\\t<1|0>' lines")
+    ap.add_argument("--images", help="build-bin: folder of aligned images (LFW's <name>/<name>_<idx:04d>.jpg, or the paths' root)")
     ap.add_argument("--out", help="build-bin: the .bin to write; export: the output folder")
     ap.add_argument("--folds", type=int, nargs="*", help="build-bin: only these pairs.txt folds (1-based)")
     ap.add_argument("--version", help="release: the semantic version to tag (vX.Y.Z)")
@@ -137,22 +137,36 @@ def tool_cli(a) -> int:
 
 
 def build_bin_cli(a) -> int:
+    """--pairs: LFW's pairs.txt (images at <name>/<name>_<idx:04d>.jpg under --images) or a pairs file of
+    paths relative to --images ('<a>\t<b>\t<1|0>', tasks.lfw.parse_pair_list); --folds: LFW's folds only."""
     from pathlib import Path
 
     from tasks.benchmarks import build_bin, write_bin
-    from tasks.lfw import parse_pairs
+    from tasks.io import InputError
+    from tasks.lfw import parse_pair_list, parse_pairs
     if not (a.pairs and a.images and a.out):
         print("synthface build-bin: --pairs, --images and --out are required", file=sys.stderr)
         return 2
-    pairs = [q for q in parse_pairs(Path(a.pairs)) if not a.folds or q.fold in a.folds]
     rel = lambda name, idx: f"{name}/{name}_{idx:04d}.jpg"  # noqa: E731
-    keys = {rel(q.name_a, q.idx_a) for q in pairs} | {rel(q.name_b, q.idx_b) for q in pairs}
+    try:
+        first = next((ln for ln in Path(a.pairs).read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()), "")
+        if len(first.split()) == 2 and all(x.isdigit() for x in first.split()):  # LFW's header: '<folds> <n>'
+            pairs = [(rel(q.name_a, q.idx_a), rel(q.name_b, q.idx_b), q.issame)
+                     for q in parse_pairs(Path(a.pairs)) if not a.folds or q.fold in a.folds]
+        elif a.folds:
+            raise InputError(f"{a.pairs}: --folds applies to LFW's pairs.txt, not to a pairs file of paths")
+        else:
+            pairs = parse_pair_list(Path(a.pairs))
+    except (InputError, FileNotFoundError) as e:
+        print(f"synthface build-bin: {e}", file=sys.stderr)
+        return 2
+    keys = {k for pa, pb, _ in pairs for k in (pa, pb)}
     missing = sorted(k for k in keys if not (Path(a.images) / k).is_file())
     if missing:
         print(f"synthface build-bin: {len(missing)} images missing under {a.images}, e.g. {missing[:3]}", file=sys.stderr)
         return 2
     images = {k: (Path(a.images) / k).read_bytes() for k in keys}
-    bins, issame = build_bin([(rel(q.name_a, q.idx_a), rel(q.name_b, q.idx_b), q.issame) for q in pairs], images)
+    bins, issame = build_bin(pairs, images)
     write_bin(a.out, bins, issame)
     print(f"wrote {a.out}: {len(issame)} pairs ({sum(issame)} matched)")
     return 0

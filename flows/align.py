@@ -26,7 +26,7 @@ from tasks.shards import write_shards
 
 from . import ROOT
 from .caching import cached_task
-from .common import Progress, RunRecord, device, params, stage_dir
+from .common import Progress, RunRecord, device, params, remove_unlisted, stage_dir
 
 _DETECTORS: dict = {}
 
@@ -174,6 +174,7 @@ def align_flow(params_path: str = "params.yaml") -> dict:
         shard_names = [i["shard"] for i in infos for _ in range(i["count"])]
         for a, shard in zip(recs, shard_names):
             rows.append({**{k: v for k, v in a.items() if k != "jpg"}, "label": label.get(a["identity"], -1), "shard": shard})
+    remove_unlisted(out, "faces-*.tar", {i["shard"] for i in shards})  # an earlier, larger run's extra shards
     manifest = pd.DataFrame(rows)
     write_parquet(out / "manifest.parquet", manifest)
     write_attribute_pool(out, manifest, p)

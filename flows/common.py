@@ -70,6 +70,15 @@ def stage_dir(name: str) -> Path:
     return d
 
 
+def remove_unlisted(folder: Path, pattern: str, keep: set[str]) -> list[str]:
+    """Delete the files matching `pattern` in a stage's folder that this run did not write (`keep`): an earlier
+    run with more shards or blocks left them, and DVC would hash them as outputs."""
+    gone = sorted(f.name for f in folder.glob(pattern) if f.name not in keep)
+    for name in gone:
+        (folder / name).unlink()
+    return gone
+
+
 class Progress:
     """A long stage's progress: a Prefect progress artifact (the run page's progress bar) kept current,
     and for counted work a terminal line with images/s and the ETA.

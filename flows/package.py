@@ -83,9 +83,14 @@ def package_flow(params_path: str = "params.yaml") -> dict:
     art = ROOT / "artifacts"
     smp, enc_dir, align = art / "sample", art / "encoder", art / "align"
     out = stage_dir("dataset")
-    blocks = sorted(smp.glob("block-*.tar"))
     rec = RunRecord("package", p, out, {"sample": smp, "encoder": enc_dir, "align_manifest": align / "manifest.parquet"})
     plan = pd.read_parquet(smp / "plan.parquet").set_index("key")
+    # the blocks the plan names, not whatever block-*.tar lies in the folder (a stale block of an earlier,
+    # larger run would otherwise be packaged); a planned block that is not there is an error naming it
+    blocks = [smp / b for b in sorted(plan["block"].unique())]
+    missing = [b.name for b in blocks if not b.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{smp}: the plan's blocks {missing[:3]} are missing ({len(missing)} of {len(blocks)}); rerun sample")
     augment = json.loads((smp / "run.json").read_text()).get("method") == "idbooth"  # real identities: the augmented set
     if augment:  # whether the aligner found each render's face is known once rendered: the blocks' json, not the plan
         rendered = {s["__key__"]: json.loads(s["json"]) for b in blocks for s in read_tar(b)}

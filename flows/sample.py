@@ -36,7 +36,7 @@ from tasks.shards import file_lock, write_tar_if_changed
 
 from . import ROOT
 from .caching import cached_task
-from .common import Progress, RunRecord, params, stage_dir
+from .common import Progress, RunRecord, params, remove_unlisted, stage_dir
 from .runners import check_cluster, gpu_slots, in_flight, task_device, task_runner
 
 _MODELS: dict = {}
@@ -137,6 +137,7 @@ def _sample(params_path: str, ex: dict) -> dict:
         gc.unfreeze()
         for _, lock in pending.values():
             lock.close()
+    remove_unlisted(out, "block-*.tar", {f"block-{i:06d}.tar" for i in range(len(blocks))})
     return rec.finish(method=method, images=len(plan["rows"]), blocks=len(blocks), anchor_stats=plan["anchor_stats"])
 
 

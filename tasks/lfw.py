@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import atomic_path, sha256_file
+from .io import InputError, atomic_path, sha256_file
 
 ZIP_NAME = "lfw-deepfunneled.zip"
 
@@ -102,18 +102,51 @@ class Pair:
         return self.name_a == self.name_b
 
 
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+
+
 def parse_pairs(path: Path) -> list[Pair]:
-    """pairs.txt (View 2) -> pairs in file order, each with its 1-based fold."""
-    lines = [ln.split() for ln in Path(path).read_text().splitlines() if ln.strip()]
-    nfolds, n = int(lines[0][0]), int(lines[0][1])
+    """pairs.txt (View 2) -> pairs in file order, each with its 1-based fold. A malformed file is an
+    InputError naming the file and line."""
+    lines = _text_lines(path)
+    head = lines[0][1].split() if lines else []
+    if len(head) != 2 or not all(x.isdigit() for x in head):
+        raise InputError(f"{path}:{lines[0][0] if lines else 1}: expected the header '<folds> <pairs per half-fold>'")
+    nfolds, n = int(head[0]), int(head[1])
+    if len(lines) - 1 != 2 * n * nfolds:
+        raise InputError(f"{path}: the header promises {nfolds} x {2 * n} pairs, the file holds {len(lines) - 1}")
     out, i = [], 1
     for f in range(1, nfolds + 1):
-        for ln in lines[i:i + 2 * n]:
-            if len(ln) == 3:
+        for no, text in lines[i:i + 2 * n]:
+            ln = text.split()
+            if len(ln) == 3 and ln[1].isdigit() and ln[2].isdigit():
                 out.append(Pair(f, ln[0], int(ln[1]), ln[0], int(ln[2])))
-            else:
+            elif len(ln) == 4 and ln[1].isdigit() and ln[3].isdigit():
                 out.append(Pair(f, ln[0], int(ln[1]), ln[2], int(ln[3])))
+            else:
+                raise InputError(f"{path}:{no}: expected '<name> <n> <n>' or '<name> <n> <name> <n>'")
         i += 2 * n
+    return out
+
+
+def parse_pair_list(path: Path) -> list[tuple[str, str, bool]]:
+    """A pairs file of image paths, one pair a line: '<path a>\t<path b>\t<1|0>' (1: the same person), or
+    space-separated when no path holds a space. Paths are relative to the image folder, without '..'."""
+    out = []
+    for no, text in _text_lines(path):
+        parts = text.split("\t") if "\t" in text else text.split()
+        if len(parts) != 3 or parts[2].strip() not in ("0", "1"):
+            raise InputError(f"{path}:{no}: expected '<path a>\\t<path b>\\t<1|0>'")
+        a, b = parts[0].strip(), parts[1].strip()
+        for x in (a, b):
+            if not x or x.startswith("/") or ".." in Path(x).parts:
+                raise InputError(f"{path}:{no}: {x!r} is not a path inside the image folder")
+        out.append((a, b, parts[2].strip() == "1"))
     return out
 
 

@@ -131,3 +131,35 @@ def test_bad_benchmark_files_are_one_line_errors_not_hangs(tmp_path):
     with pytest.raises(ValueError, match=r"image 1 \(pair 0\) does not decode \(ValueError: 5000x10 px, above 4096"):
         verify_images("x.bin", [good.getvalue(), huge.getvalue()])
     verify_images("x.bin", [good.getvalue()] * 2)  # good images pass
+
+
+def test_build_bin_takes_any_imagefolder_and_a_pairs_file_of_paths(tmp_path, capsys):
+    """build-bin beyond LFW's layout: names with spaces and any extension, pairs given as paths; malformed pairs
+    files are one line naming the file and line (exit 2), and nothing is written."""
+    import io as _io
+
+    from flows.__main__ import main
+    rng = np.random.default_rng(0)
+    rels = ["Ana María/photo 1.jpg", "Ana María/photo 2.jpg", "Bob/x.png"]
+    for rel in rels:
+        (tmp_path / "faces" / rel).parent.mkdir(parents=True, exist_ok=True)
+        buf = _io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(buf, format="PNG" if rel.endswith("png") else "JPEG")
+        (tmp_path / "faces" / rel).write_bytes(buf.getvalue())
+    (tmp_path / "pairs.tsv").write_text(f"{rels[0]}\t{rels[1]}\t1\n{rels[0]}\t{rels[2]}\t0\n")
+    out = tmp_path / "mine.bin"
+    assert main(["build-bin", "--pairs", str(tmp_path / "pairs.tsv"), "--images", str(tmp_path / "faces"), "--out", str(out)]) == 0
+    bins, issame = read_bin(out)
+    assert issame.tolist() == [True, False] and bins == [(tmp_path / "faces" / r).read_bytes() for r in (rels[0], rels[1], rels[0], rels[2])]
+    capsys.readouterr()
+    for name, text, extra, message in (
+            ("lfw.txt", "10\t300\nAbel_Pacheco\t1\n", [], "lfw.txt: the header promises 10 x 600 pairs, the file holds 1"),
+            ("short.txt", "1\t1\nAbel_Pacheco\t1\t2\nAbel_Pacheco\tone\tBob\t2\n", [], "short.txt:3: expected '<name> <n> <n>'"),
+            ("up.tsv", "../x.jpg\tBob/x.png\t0\n", [], "up.tsv:1: '../x.jpg' is not a path inside the image folder"),
+            ("label.tsv", f"{rels[0]}\t{rels[1]}\tyes\n", [], "label.tsv:1: expected"),
+            ("folds.tsv", f"{rels[0]}\t{rels[1]}\t1\n", ["--folds", "1"], "--folds applies to LFW's pairs.txt")):
+        (tmp_path / name).write_text(text)
+        rc = main(["build-bin", "--pairs", str(tmp_path / name), "--images", str(tmp_path / "faces"), "--out", str(tmp_path / "x.bin"), *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and err.count("\n") == 0, (name, err)
+        assert not (tmp_path / "x.bin").exists()

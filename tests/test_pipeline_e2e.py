@@ -414,3 +414,23 @@ def check_dataset_product(proj: Path, env: dict, p: dict) -> None:
     got = {s["__key__"]: s["jpg"] for sh in tr2["shard"].unique() for s in read_tar(proj / "artifacts" / "align" / sh)}
     assert sorted(got.values()) == sorted(faces.values())  # aligned JPEGs taken as they are, no re-detection
     assert (am2["split"] == "eval").sum() == (am["split"] == "eval").sum()  # evaluation stays LFW's
+
+
+def test_stale_blocks_and_shards_are_neither_packaged_nor_kept(tmp_path, prefect_api, micro_baseline):
+    """An earlier, larger run's extra sampling block and align shard in the stage folders: package reads the
+    blocks its plan names (the set it writes is unchanged), and sample and align remove the files they did not
+    write, so DVC never hashes them as outputs."""
+    proj = copy_baseline(micro_baseline, tmp_path / "proj")
+    env = project_env(prefect_api)
+    art = proj / "artifacts"
+    data = lambda: {k: v for k, v in output_files(art / "dataset").items()  # noqa: E731  (run.json digests the folder)
+                    if k.endswith(".tar") or k in ("shards.json", "manifest.parquet", "counts.json")}
+    before = data()
+    block, shard = art / "sample" / "block-000999.tar", art / "align" / "faces-train-000999.tar"
+    shutil.copy2(art / "sample" / "block-000000.tar", block)
+    shutil.copy2(sorted((art / "align").glob("faces-train-*.tar"))[0], shard)
+    run([sys.executable, "-m", "flows", "package"], proj, env)
+    assert data() == before  # the stale block's renders were not packaged
+    run([sys.executable, "-m", "flows", "sample"], proj, env)
+    run([sys.executable, "-m", "flows", "align"], proj, env)
+    assert not block.exists() and not shard.exists()
