@@ -49,8 +49,9 @@ def align_throughput(data_dir: Path, p: dict, images: int, device: str) -> dict:
     train, _ = lfw.select(data_dir / "people.txt", data_dir / "pairs.txt", p)
     members = [[Path(m).stem.replace(".", "_"), m, {"split": "train", "identity": n, "fold": f}] for m, n, f in train[:images]]
     zip_path = data_dir / lfw.ZIP_NAME
-    stage.align_chunk.fn("lfw", zip_path, members[:2], p)  # warm-up: opens the zip, loads the detector
-    secs, (acc, rej) = timed(lambda: stage.align_chunk.fn("lfw", zip_path, members, p), device)
+    weights = stage.used_weights(p)
+    stage.align_chunk.fn("lfw", zip_path, members[:2], p, weights)  # warm-up: opens the zip, loads the detector
+    secs, (acc, rej) = timed(lambda: stage.align_chunk.fn("lfw", zip_path, members, p, weights), device)
     det = next(iter(stage._DETECTORS.values()))[0]
     read = stage._reader("lfw", zip_path)
     dsecs, arrays = timed(lambda: [decode(read(m[1]))[0] for m in members])

@@ -28,9 +28,10 @@ def tiny_params(**sample):
     from benchmarks.common import ROOT
     from tasks.params import load_params
     p = load_params(ROOT / "params.yaml")
-    # guided (id_weight > 0): the sweep's hooks count the encoder calls the guidance makes
+    # guided (id_weight > 0): the sweep's hooks count the encoder calls the guidance makes; without classifier-free
+    # guidance (the demo's 2.0 would double the UNet calls the counts below expect)
     p["sample"].update({"embeddings_per_identity": 2, "images_per_embedding": 1, "anchor_iters": 10, "privacy_threshold": 0.9,
-                        "num_inference_steps": 2, "batch_size": 4, "id_weight": 100.0, **sample})
+                        "num_inference_steps": 2, "batch_size": 4, "id_weight": 100.0, "guidance_scale": 1.0, **sample})
     p["train_fr"].update({"batch_size": 16, "val_fraction": 0.0})
     return p
 
