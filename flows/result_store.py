@@ -31,6 +31,7 @@ from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
@@ -117,7 +118,6 @@ def _array_bytes(a: np.ndarray) -> bytes:
 
 
 def _encode(o: Any, blobs: list[bytes]) -> Any:
-    import torch
     if o is None or isinstance(o, (bool, str)) or (isinstance(o, (int, float)) and not isinstance(o, np.generic)):
         return o
     if isinstance(o, list):
@@ -148,7 +148,6 @@ def _encode(o: Any, blobs: list[bytes]) -> Any:
 
 
 def _decode(o: Any, blobs: list[bytes]) -> Any:
-    import torch
     if o is None or isinstance(o, (bool, str, int, float)):
         return o
     if isinstance(o, list):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
@@ -368,11 +369,9 @@ def source_members(spec: str, root: Path, p: dict) -> tuple[Path, list[list], li
     members = [[key, member, {"split": "train", "identity": n, "fold": 0}]
                for n in keep for key, member in people[n][:hi]]
     if not members:  # said before align touches any output (not as a later "no head pose" error)
-        reasons: dict[str, int] = {}
-        for r in skipped:
-            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        reasons = dict(Counter(r["reason"] for r in skipped).most_common(3))
         raise InputError(f"align.train_source {spec}: no image to train on (root/<class>/<image>, align's per-person "
-                         f"limits); of {len(skipped)} entries: {dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:3])}")
+                         f"limits); of {len(skipped)} entries: {reasons}")
     return source, _distinct_keys(members, source), skipped
 
 
